@@ -1,0 +1,223 @@
+"""The `dockerkernel` command: install and manage Docker kernelspecs, list and prune kernel containers.
+
+Each subcommand calls the library, which returns data, and prints it. A
+DockerKernelError becomes one line on stderr and exit status 1; `--debug`
+shows the traceback too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from . import __version__, docker_ops, errors, kernelspec
+from .errors import DockerKernelError
+from .settings import DEFAULT_KERNEL_CMD, DockerSettings
+from .spec import LABEL_KERNEL_ID, LABEL_KERNELSPEC
+
+
+def _help(trait: str) -> str:
+    """A setting's help text, written once on the trait."""
+    text = DockerSettings.class_traits()[trait].help
+    return " ".join(text.split()).replace("%", "%%")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dockerkernel",
+        description="Run Jupyter kernels in Docker images: one kernelspec per environment.",
+    )
+    parser.add_argument("--version", action="version", version=f"dockerkernel {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("install", help="install a kernelspec from a preset or for any image")
+    p.add_argument("preset", nargs="?", help="a preset name (see `dockerkernel presets`)")
+    p.add_argument("--image", help=_help("image"))
+    p.add_argument("--name", help="the kernelspec's name (default: the preset's, or one made from the image)")
+    p.add_argument("--display-name", help="the name shown in Jupyter's kernel picker")
+    p.add_argument("--gpus", help=_help("gpus"))
+    p.add_argument("--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]", help=_help("volumes"))
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an environment variable for the kernel")
+    p.add_argument("--python", metavar="EXE", help="the Python inside the image (default: python3)")
+    p.add_argument("--run-as", metavar="host|image|UID[:GID]", help=_help("user"))
+    p.add_argument("--network", help=_help("network"))
+    p.add_argument("--shm-size", help=_help("shm_size"))
+    p.add_argument("--mem-limit", help=_help("mem_limit"))
+    p.add_argument("--cpus", type=float, help=_help("cpus"))
+    p.add_argument("--pull-policy", choices=["missing", "always", "never"], help=_help("pull_policy"))
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="install for the current user only (the default)")
+    where.add_argument("--sys-prefix", action="store_true", help="install into this Python's prefix (e.g. a virtualenv)")
+    where.add_argument("--prefix", metavar="DIR", help="install into DIR/share/jupyter/kernels")
+    p.add_argument("--replace", action="store_true", help="overwrite a kernelspec of the same name")
+    p.add_argument("--no-pull", action="store_true", help="do not pull the image now")
+
+    p = sub.add_parser("uninstall", help="remove a dockerkernel kernelspec")
+    p.add_argument("name")
+
+    p = sub.add_parser("list", help="list the installed dockerkernel kernelspecs")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    sub.add_parser("presets", help="list the presets that `install` knows")
+
+    p = sub.add_parser("ps", help="list kernel containers")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    sub.add_parser("prune", help="remove kernel containers whose Jupyter server or launcher is gone")
+
+    p = sub.add_parser("launch", help="run a kernel in its container (the kernelspec's argv runs this)")
+    p.add_argument("--spec-dir", required=True, help="the kernelspec's directory")
+    p.add_argument("-f", "--connection-file", required=True, help="the connection file Jupyter wrote")
+    p.add_argument("extra_arguments", nargs=argparse.REMAINDER, help="passed on to the kernel")
+    return parser
+
+
+def _default_name(image: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", image.lower()).strip("-.") or "docker-kernel"
+
+
+def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any], dict[str, str]]:
+    """The name, display name, settings and env that `install` asked for, preset first."""
+    if args.preset:
+        preset = kernelspec.get_preset(args.preset)
+        name, display_name = preset.name, preset.display_name
+        config, env = dict(preset.config), dict(preset.env)
+    elif args.image:
+        name, display_name, config, env = _default_name(args.image), "", {}, {}
+    else:
+        raise DockerKernelError(errors.INSTALL_NEEDS_IMAGE)
+
+    for option, setting in (
+        ("image", "image"), ("gpus", "gpus"), ("run_as", "user"), ("network", "network"),
+        ("shm_size", "shm_size"), ("mem_limit", "mem_limit"), ("cpus", "cpus"),
+        ("pull_policy", "pull_policy"),
+    ):
+        if getattr(args, option) is not None:
+            config[setting] = getattr(args, option)
+    if args.volume:
+        config["volumes"] = config.get("volumes", []) + args.volume
+    if args.python:
+        config["kernel_cmd"] = [args.python] + DEFAULT_KERNEL_CMD[1:]
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DockerKernelError(errors.INVALID_ENV.format(value=item))
+        env[key] = value
+    name = args.name or name
+    display_name = args.display_name or display_name or f"{name} (Docker: {config['image']})"
+    return name, display_name, config, env
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    name, display_name, config, env = install_settings(args)
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    if not args.no_pull:
+        # Pull before installing, so that a kernelspec is never left naming an image that cannot be had.
+        print(f"Making sure image {config['image']} is present...", file=sys.stderr)
+        docker_ops.ensure_image(docker_ops.get_client(), config["image"], "missing")
+    path = kernelspec.install(
+        name=name, display_name=display_name, config=config, env=env,
+        user=prefix is None, prefix=prefix, replace=args.replace,
+    )
+    print(f"Installed kernelspec {name} in {path}")
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    path = kernelspec.uninstall(args.name)
+    print(f"Removed kernelspec {args.name} from {path}")
+    return 0
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    kernels = kernelspec.installed()
+    if args.json:
+        print(json.dumps([asdict(k) for k in kernels], indent=1))
+    elif not kernels:
+        print("No dockerkernel kernelspecs are installed: try `dockerkernel install python3`.")
+    else:
+        print(_table([("NAME", "IMAGE", "GPUS", "LOCATION")] + [(k.name, k.image, k.gpus, k.path) for k in kernels]))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    rows = [("NAME", "IMAGE", "GPUS", "DESCRIPTION")]
+    for p in kernelspec.presets().values():
+        rows.append((p.name, p.config["image"], p.config.get("gpus", "none"), p.description))
+    print(_table(rows))
+    return 0
+
+
+def _container_rows() -> list[dict[str, Any]]:
+    rows = []
+    for c in docker_ops.kernel_containers(docker_ops.get_client()):
+        alive = docker_ops.owner_alive(c.labels)
+        rows.append({
+            "container": c.short_id, "name": c.name, "status": c.status,
+            "kernelspec": c.labels.get(LABEL_KERNELSPEC, ""), "kernel_id": c.labels.get(LABEL_KERNEL_ID, ""),
+            "owner": {True: "running", False: "gone", None: "other host"}[alive],
+            "image": c.attrs.get("Config", {}).get("Image", ""),
+        })
+    return rows
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    rows = _container_rows()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print("No kernel containers.")
+    else:
+        keys = ("container", "kernelspec", "kernel_id", "status", "owner", "image")
+        print(_table([tuple(k.upper() for k in keys)] + [tuple(r[k] for k in keys) for r in rows]))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    client = docker_ops.get_client()
+    removed = 0
+    for c in docker_ops.kernel_containers(client):
+        if docker_ops.owner_alive(c.labels) is False:
+            docker_ops.remove_container(client, c.id)
+            removed += 1
+    print(f"Removed {removed} kernel container{'s' if removed != 1 else ''} whose owner is gone.")
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from .launcher import launch
+
+    extra = args.extra_arguments[1:] if args.extra_arguments[:1] == ["--"] else args.extra_arguments
+    return launch(args.spec_dir, args.connection_file, extra)
+
+
+COMMANDS = {
+    "install": cmd_install, "uninstall": cmd_uninstall, "list": cmd_list, "presets": cmd_presets,
+    "ps": cmd_ps, "prune": cmd_prune, "launch": cmd_launch,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except DockerKernelError as e:
+        if args.debug:
+            logging.exception("dockerkernel failed")
+        print(f"dockerkernel: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

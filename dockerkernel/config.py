@@ -1,0 +1,46 @@
+"""Reading a kernelspec's dockerkernel settings, with an error for every key that is wrong."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, TypeVar
+
+from traitlets import TraitError
+
+from . import errors
+from .errors import DockerKernelError
+from .settings import DockerSettings, parse_volume
+
+S = TypeVar("S", bound=DockerSettings)
+
+
+def check_setting_names(config: dict[str, Any], kernel_name: str) -> None:
+    """Reject keys that are not settings: jupyter_client would otherwise drop them silently."""
+    valid = DockerSettings.setting_names()
+    for key in config:
+        if key not in valid:
+            raise DockerKernelError(
+                errors.UNKNOWN_SETTING.format(key=key, kernel=kernel_name, valid=", ".join(valid))
+            )
+
+
+def make_settings(cls: type[S], config: dict[str, Any], kernel_name: str, **kwargs: Any) -> S:
+    """Instantiate ``cls`` with a kernelspec's settings as keyword arguments, validated."""
+    check_setting_names(config, kernel_name)
+    try:
+        return cls(**config, **kwargs)
+    except TraitError as e:
+        raise DockerKernelError(errors.INVALID_SETTING.format(kernel=kernel_name, reason=e)) from e
+
+
+def check_launchable(settings: DockerSettings, kernel_name: str, cwd: str) -> None:
+    """Check, before Docker is asked, what would make a kernel start fail in a less clear way."""
+    if not settings.image:
+        raise DockerKernelError(errors.NO_IMAGE.format(kernel=kernel_name))
+    if not os.path.isdir(cwd):
+        raise DockerKernelError(errors.NOTEBOOK_DIR_MISSING.format(path=cwd))
+    for volume in settings.volumes:
+        host = parse_volume(volume)[0]
+        # Docker would create a missing host path, as an empty directory owned by root.
+        if not os.path.exists(host):
+            raise DockerKernelError(errors.VOLUME_HOST_MISSING.format(path=host, volume=volume))

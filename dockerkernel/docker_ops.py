@@ -1,0 +1,246 @@
+"""Thin, synchronous operations on the Docker engine, with errors a user can act on.
+
+The Docker SDK blocks, so the provisioner calls these from worker threads and
+the launcher calls them directly. Each one turns the SDK's exceptions for the
+causes a user can fix into a DockerKernelError with a sentence from errors.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any
+
+import docker
+import psutil
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.models.containers import Container
+from docker.utils import kwargs_from_env, parse_repository_tag
+
+from . import errors
+from .errors import DockerKernelError
+from .spec import (
+    LABEL_KERNEL_ID,
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
+    LABEL_OWNER_STARTED,
+    ContainerPlan,
+    Owner,
+    kernel_files_archive,
+)
+
+log = logging.getLogger(__name__)
+
+# Every call but a pull and an exit wait gives up after this long, so that a
+# daemon that stops answering cannot hang a kernel operation forever.
+API_TIMEOUT = 60
+
+_client: docker.DockerClient | None = None
+_client_lock = threading.Lock()
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause for an SDK exception, from the innermost error that says one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, FileNotFoundError):
+            return "no Docker socket was found"
+        if isinstance(seen, PermissionError):
+            return "permission denied on the Docker socket"
+        if isinstance(seen, ConnectionRefusedError):
+            return "the connection was refused"
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, APIError) and exc.explanation:
+        return str(exc.explanation).strip()
+    text = str(exc)
+    for marker in ("FileNotFoundError", "No such file or directory"):
+        if marker in text:
+            return "no Docker socket was found"
+    if "Permission denied" in text or "PermissionError" in text:
+        return "permission denied on the Docker socket"
+    return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+
+
+def get_client() -> docker.DockerClient:
+    """The process's Docker client, made on first use from DOCKER_HOST and friends."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            try:
+                _client = docker.from_env(timeout=API_TIMEOUT)
+            except DockerException as e:
+                raise DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=_reason(e))) from e
+        return _client
+
+
+@contextmanager
+def _daemon_errors() -> Iterator[None]:
+    """Turn a lost connection to the daemon into DOCKER_UNREACHABLE."""
+    try:
+        yield
+    except requests.exceptions.ConnectionError as e:
+        raise DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=_reason(e))) from e
+
+
+def this_process_owner() -> Owner:
+    """The Owner labels for containers started by this process."""
+    return Owner(
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started=f"{psutil.Process().create_time():.2f}",
+    )
+
+
+def owner_alive(labels: dict[str, str]) -> bool | None:
+    """Whether the process that started a container still runs; None when it can't be told."""
+    if labels.get(LABEL_OWNER_HOST) != socket.gethostname():
+        return None
+    try:
+        proc = psutil.Process(int(labels.get(LABEL_OWNER_PID, "")))
+        return f"{proc.create_time():.2f}" == labels.get(LABEL_OWNER_STARTED)
+    except (ValueError, psutil.Error):
+        return False
+
+
+def ensure_image(client: docker.DockerClient, image: str, pull_policy: str) -> None:
+    """Make sure ``image`` is present, pulling it as ``pull_policy`` says."""
+    with _daemon_errors():
+        if pull_policy != "always":
+            try:
+                client.images.get(image)
+                return
+            except ImageNotFound:
+                if pull_policy == "never":
+                    raise DockerKernelError(errors.IMAGE_NOT_PRESENT.format(image=image)) from None
+        repository, tag = parse_repository_tag(image)
+        log.info("Pulling Docker image %s", image)
+        try:
+            if tag and tag.startswith("sha256:"):
+                client.images.pull(f"{repository}@{tag}")
+            else:
+                client.images.pull(repository, tag=tag or "latest")
+        except (APIError, requests.exceptions.RequestException) as e:
+            raise DockerKernelError(
+                errors.IMAGE_UNAVAILABLE.format(image=image, reason=_reason(e))
+            ) from e
+
+
+def start_container(client: docker.DockerClient, plan: ContainerPlan) -> str:
+    """Create the planned container, copy the kernel's files in and start it.
+
+    Returns the container id. On any failure the container is removed again
+    and a DockerKernelError says why.
+    """
+    container: Container | None = None
+    try:
+        with _daemon_errors():
+            container = client.containers.create(**plan.create_kwargs)
+            container.put_archive("/", kernel_files_archive(plan))
+            container.start()
+            return str(container.id)
+    except BaseException as e:
+        if container is not None:
+            remove_container(client, container.id)
+        if isinstance(e, APIError):
+            raise _start_error(plan, e) from e
+        if isinstance(e, TypeError):
+            # The SDK rejects an unknown keyword: it came from container_options.
+            raise DockerKernelError(
+                errors.CONTAINER_START_FAILED.format(image=plan.image, reason=e)
+            ) from e
+        raise
+
+
+def _start_error(plan: ContainerPlan, e: APIError) -> DockerKernelError:
+    reason = _reason(e)
+    if "could not select device driver" in reason and "gpu" in reason:
+        gpus = plan.create_kwargs.get("device_requests")
+        return DockerKernelError(errors.GPUS_UNAVAILABLE.format(gpus=_gpus_text(gpus)))
+    if isinstance(e, ImageNotFound):
+        return DockerKernelError(errors.IMAGE_UNAVAILABLE.format(image=plan.image, reason=reason))
+    return DockerKernelError(errors.CONTAINER_START_FAILED.format(image=plan.image, reason=reason))
+
+
+def _gpus_text(requests_: Any) -> str:
+    for r in requests_ or []:
+        if r.get("DeviceIDs"):
+            return "device=" + ",".join(r["DeviceIDs"])
+        return "all" if r.get("Count") == -1 else str(r.get("Count"))
+    return "none"
+
+
+def signal_container(client: docker.DockerClient, container_id: str, signum: int) -> None:
+    """Send a signal to the kernel; a container that has exited or is gone is fine."""
+    with _daemon_errors():
+        try:
+            client.api.kill(container_id, signal=signum)
+        except NotFound:
+            pass
+        except APIError as e:
+            if e.status_code != 409:  # 409: the container is not running
+                raise
+
+
+def remove_container(client: docker.DockerClient, container_id: str) -> None:
+    """Remove a kernel container, running or not; one already gone is fine."""
+    with _daemon_errors():
+        try:
+            client.api.remove_container(container_id, force=True)
+        except NotFound:
+            pass
+        except APIError as e:
+            if e.status_code != 409:  # 409: a removal is already in progress
+                raise
+
+
+def wait_container(container_id: str, api_version: str) -> int:
+    """Block until the container exits and return its exit status.
+
+    Uses a connection of its own, with no read timeout, so that a long-lived
+    wait neither holds one of the shared client's connections nor times out.
+    Returns -1 when the container is gone or the daemon cannot be reached.
+    """
+    try:
+        api = docker.APIClient(version=api_version, timeout=None, **kwargs_from_env())
+    except DockerException:
+        return -1
+    try:
+        return int(api.wait(container_id)["StatusCode"])
+    except (DockerException, requests.exceptions.RequestException) as e:
+        log.debug("Waiting for container %s failed: %s", container_id[:12], e)
+        return -1
+    finally:
+        api.close()
+
+
+def watch_container(container_id: str, api_version: str) -> Future[int]:
+    """A future for the container's exit status, resolved by a thread of its own."""
+    future: Future[int] = Future()
+    future.set_running_or_notify_cancel()  # so that a cancelled await cannot cancel it
+
+    def wait() -> None:
+        future.set_result(wait_container(container_id, api_version))
+
+    threading.Thread(target=wait, name=f"dockerkernel-wait-{container_id[:12]}", daemon=True).start()
+    return future
+
+
+def container_logs(client: docker.DockerClient, container_id: str, tail: int = 20) -> str:
+    """The last lines a container printed, for error messages; '' if there are none."""
+    try:
+        return client.api.logs(container_id, tail=tail).decode(errors="replace").strip()
+    except (DockerException, requests.exceptions.RequestException):
+        return ""
+
+
+def kernel_containers(client: docker.DockerClient, **label_filters: str) -> list[Container]:
+    """All dockerkernel containers, running or not, optionally filtered by label values."""
+    labels = [LABEL_KERNEL_ID] + [f"{k}={v}" for k, v in label_filters.items()]
+    with _daemon_errors():
+        return list(client.containers.list(all=True, filters={"label": labels}))

@@ -1,0 +1,75 @@
+"""The errors a user can cause, each one sentence that names the problem and the fix.
+
+Messages are module constants so that tests can import and compare them, and
+so that the same wording reaches the CLI, the server log and the notebook.
+"""
+
+from __future__ import annotations
+
+
+class DockerKernelError(Exception):
+    """An error the user can fix; its message says how."""
+
+
+DOCKER_UNREACHABLE = (
+    "Cannot reach the Docker daemon ({reason}): start Docker, or give your user "
+    "access to it (for example by adding it to the 'docker' group)."
+)
+IMAGE_UNAVAILABLE = (
+    "Docker image '{image}' could not be pulled ({reason}): check the image name, "
+    "log in with `docker login` if the registry needs it, or build the image locally."
+)
+IMAGE_NOT_PRESENT = (
+    "Docker image '{image}' is not present and pull_policy is 'never': "
+    "build or pull it first (`docker pull {image}`), or set pull_policy to 'missing'."
+)
+GPUS_UNAVAILABLE = (
+    "GPUs were requested (gpus={gpus}) but the Docker daemon cannot provide them, "
+    "as it has no NVIDIA runtime: install the NVIDIA Container Toolkit and restart "
+    "Docker, or use a kernel without GPUs (gpus 'none')."
+)
+CONTAINER_START_FAILED = (
+    "The kernel container for image '{image}' could not be started ({reason}): "
+    "check the kernelspec's settings with `dockerkernel list`."
+)
+UNKNOWN_SETTING = (
+    "Unknown dockerkernel setting '{key}' in kernelspec '{kernel}': remove or rename "
+    "it; the settings are {valid}."
+)
+NO_IMAGE = (
+    "Kernelspec '{kernel}' names no Docker image: set 'image' in its "
+    "kernel_provisioner config, or reinstall it with `dockerkernel install --image IMAGE`."
+)
+INVALID_SETTING = "Invalid dockerkernel setting in kernelspec '{kernel}': {reason}"
+LOOPBACK_ONLY = (
+    "dockerkernel publishes kernel ports on 127.0.0.1 over tcp only, but the kernel "
+    "manager asks for {transport} on {ip}: set KernelManager.ip to 127.0.0.1 and "
+    "KernelManager.transport to tcp."
+)
+VOLUME_HOST_MISSING = (
+    "The host path '{path}' of volume '{volume}' does not exist: create it, "
+    "or fix the volume in the kernelspec."
+)
+NOTEBOOK_DIR_MISSING = (
+    "The notebook directory '{path}' does not exist or is not a directory: "
+    "open the notebook from an existing directory."
+)
+KERNELSPEC_EXISTS = (
+    "A kernelspec named '{name}' already exists in {path}: pass --replace to "
+    "overwrite it, or choose another --name."
+)
+KERNELSPEC_NOT_FOUND = (
+    "No dockerkernel kernelspec named '{name}' is installed: see `dockerkernel list`."
+)
+INVALID_KERNEL_NAME = (
+    "Invalid kernel name '{name}': use only ASCII letters, digits, '.', '_' and '-'."
+)
+UNKNOWN_PRESET = "Unknown preset '{name}': choose one of {presets}, or pass --image."
+INSTALL_NEEDS_IMAGE = (
+    "Nothing to install: name a preset (see `dockerkernel presets`) or pass --image IMAGE."
+)
+INVALID_ENV = "Invalid --env '{value}': write it as NAME=VALUE."
+PERMISSION_DENIED = (
+    "Permission denied writing to {path}: use --user to install for your user only, "
+    "or run as an administrator."
+)

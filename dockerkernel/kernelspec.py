@@ -1,0 +1,164 @@
+"""Writing, finding and removing dockerkernel kernelspecs, through jupyter_client's machinery."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, _is_valid_kernel_name
+
+from . import errors
+from .config import make_settings
+from .errors import DockerKernelError
+from .settings import DockerSettings
+
+PROVISIONER_NAME = "docker-provisioner"
+PRESETS_PACKAGE = "dockerkernel.presets"
+
+
+@dataclass(frozen=True)
+class InstalledKernel:
+    """One dockerkernel kernelspec, as `dockerkernel list` shows it."""
+
+    name: str
+    display_name: str
+    image: str
+    gpus: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A ready-made kernelspec from the kernelspecs/ folder."""
+
+    name: str
+    display_name: str
+    description: str
+    config: dict[str, Any]
+    env: dict[str, str]
+
+
+def kernel_json(*, display_name: str, config: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """The kernel.json of a Docker kernel.
+
+    jupyter_client starts the kernel through ``metadata.kernel_provisioner``;
+    clients that ignore provisioners run ``argv``, the host-side launcher,
+    which starts the same container (see launcher.py). ``argv`` names this
+    Python, the one dockerkernel is installed in.
+    """
+    return {
+        "argv": [
+            sys.executable, "-m", "dockerkernel", "launch",
+            "--spec-dir", "{resource_dir}", "-f", "{connection_file}",
+        ],
+        "display_name": display_name,
+        "language": "python",
+        "interrupt_mode": "signal",
+        "env": dict(env),
+        "metadata": {
+            "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": dict(config)},
+            # The debugger would need debugpy in the image and ports we do not publish.
+            "debugger": False,
+        },
+    }
+
+
+def presets() -> dict[str, Preset]:
+    """The presets shipped with the package, by name."""
+    found = {}
+    for entry in resources.files(PRESETS_PACKAGE).iterdir():
+        spec_file = entry / "kernel.json"
+        if not spec_file.is_file():
+            continue
+        data = json.loads(spec_file.read_text())
+        found[entry.name] = Preset(
+            name=entry.name,
+            display_name=data["display_name"],
+            description=data["metadata"]["dockerkernel"]["description"],
+            config=data["metadata"]["kernel_provisioner"]["config"],
+            env=data.get("env", {}),
+        )
+    return dict(sorted(found.items()))
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return presets()[name]
+    except KeyError:
+        raise DockerKernelError(
+            errors.UNKNOWN_PRESET.format(name=name, presets=", ".join(presets()))
+        ) from None
+
+
+def install(
+    *,
+    name: str,
+    display_name: str,
+    config: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    user: bool = False,
+    prefix: str | None = None,
+    replace: bool = False,
+    manager: KernelSpecManager | None = None,
+) -> str:
+    """Validate the settings and install a kernelspec; returns the directory it went to.
+
+    ``user`` and ``prefix`` mean what they mean for `python -m ipykernel install`.
+    """
+    if not _is_valid_kernel_name(name):
+        raise DockerKernelError(errors.INVALID_KERNEL_NAME.format(name=name))
+    make_settings(DockerSettings, dict(config), name)
+    ksm = manager or KernelSpecManager()
+    # install_kernel_spec() replaces an existing kernelspec silently; refuse instead.
+    destination = ksm._get_destination_dir(name, user=user, prefix=prefix)
+    if os.path.exists(destination) and not replace:
+        raise DockerKernelError(errors.KERNELSPEC_EXISTS.format(name=name, path=destination))
+    spec = kernel_json(display_name=display_name, config=config, env=env or {})
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "kernel.json"), "w") as f:
+            json.dump(spec, f, indent=1)
+        try:
+            return str(ksm.install_kernel_spec(tmp, kernel_name=name, user=user, prefix=prefix))
+        except PermissionError as e:
+            raise DockerKernelError(errors.PERMISSION_DENIED.format(path=e.filename or destination)) from e
+
+
+def installed(manager: KernelSpecManager | None = None) -> list[InstalledKernel]:
+    """The dockerkernel kernelspecs that Jupyter can see, by name."""
+    ksm = manager or KernelSpecManager()
+    rows = []
+    for name, entry in sorted(ksm.get_all_specs().items()):
+        spec = entry["spec"]
+        provisioner = spec.get("metadata", {}).get("kernel_provisioner", {})
+        if provisioner.get("provisioner_name") != PROVISIONER_NAME:
+            continue
+        config = provisioner.get("config", {})
+        rows.append(
+            InstalledKernel(
+                name=name,
+                display_name=spec.get("display_name", name),
+                image=config.get("image", ""),
+                gpus=config.get("gpus", "none"),
+                path=entry["resource_dir"],
+            )
+        )
+    return rows
+
+
+def uninstall(name: str, manager: KernelSpecManager | None = None) -> str:
+    """Remove a dockerkernel kernelspec; returns the directory that was removed."""
+    ksm = manager or KernelSpecManager()
+    if name not in {k.name for k in installed(ksm)}:
+        raise DockerKernelError(errors.KERNELSPEC_NOT_FOUND.format(name=name))
+    try:
+        return str(ksm.remove_kernel_spec(name))
+    except NoSuchKernel:
+        raise DockerKernelError(errors.KERNELSPEC_NOT_FOUND.format(name=name)) from None
+    except PermissionError as e:
+        raise DockerKernelError(errors.PERMISSION_DENIED.format(path=e.filename)) from e

@@ -1,0 +1,76 @@
+"""The host-side launcher: a kernelspec's ``argv`` for clients that ignore provisioners.
+
+Some clients (VS Code's Jupyter extension, for one) start a kernelspec's
+``argv`` directly and never load its ``kernel_provisioner``. For them the argv
+is ``python -m dockerkernel launch --spec-dir {resource_dir} -f {connection_file}``:
+this process starts the same container the provisioner would, forwards
+SIGINT, SIGTERM and SIGHUP to the kernel, and removes the container when the
+kernel exits. A container left behind by a launcher that was SIGKILLed is
+found by ``dockerkernel prune``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import uuid
+from collections.abc import Sequence
+from types import FrameType
+
+from jupyter_client.kernelspec import KernelSpec
+
+from . import docker_ops
+from .config import check_launchable, make_settings
+from .settings import DockerSettings
+from .spec import plan_container
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def kernel_id_from(connection_file: str) -> str:
+    """The kernel id that Jupyter put in the connection file's name, else a new one."""
+    match = re.search(r"kernel-([0-9a-f-]{36})\.json$", connection_file)
+    return match.group(1) if match else str(uuid.uuid4())
+
+
+def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] = ()) -> int:
+    """Run the kernel of the kernelspec in ``spec_dir`` until it exits; return its status."""
+    spec = KernelSpec.from_resource_dir(spec_dir)
+    name = os.path.basename(os.path.normpath(spec_dir))
+    config = spec.metadata.get("kernel_provisioner", {}).get("config", {})
+    settings = make_settings(DockerSettings, config, name)
+    cwd = os.getcwd()
+    check_launchable(settings, name, cwd)
+    with open(connection_file) as f:
+        connection_info = json.load(f)
+
+    plan = plan_container(
+        settings,
+        kernel_id=kernel_id_from(connection_file),
+        kernel_name=name,
+        connection_info=connection_info,
+        cwd=cwd,
+        # The client has already put the kernelspec's env, substituted, into ours.
+        spec_env={k: os.environ.get(k, v) for k, v in spec.env.items()},
+        launch_env=os.environ,
+        extra_arguments=extra_arguments,
+        owner=docker_ops.this_process_owner(),
+    )
+    client = docker_ops.get_client()
+    docker_ops.ensure_image(client, settings.image, settings.pull_policy)
+    container_id = docker_ops.start_container(client, plan)
+    try:
+        exit_status = docker_ops.watch_container(container_id, client.api.api_version)
+
+        def forward(signum: int, frame: FrameType | None) -> None:
+            docker_ops.signal_container(client, container_id, signum)
+
+        for signum in FORWARDED_SIGNALS:
+            signal.signal(signum, forward)
+        return exit_status.result()
+    finally:
+        for signum in FORWARDED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        docker_ops.remove_container(client, container_id)

@@ -1,0 +1,180 @@
+"""DockerProvisioner: Jupyter kernels that run in Docker containers.
+
+jupyter_client creates one provisioner per kernel (it is kept across restarts)
+and drives it through KernelManager; the docstrings say which step calls what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
+from jupyter_client.provisioning import KernelProvisionerBase
+from traitlets import TraitError
+
+from . import docker_ops, errors
+from .config import check_launchable, check_setting_names
+from .errors import DockerKernelError
+from .settings import DockerSettings
+from .spec import PORT_NAMES, ContainerPlan, plan_container
+
+T = TypeVar("T")
+
+# The Docker SDK blocks, so every call runs in these threads, never on the
+# server's event loop. A pool of its own keeps long pulls from starving the
+# loop's default executor, which the server uses for other work.
+_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dockerkernel")
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_executor, fn, *args)
+
+
+class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[misc]
+    """Runs each kernel in a container of its own, made from the kernelspec's image.
+
+    The notebook's directory is mounted at its own path and is the working
+    directory; the kernel's ports are published on 127.0.0.1 only; the kernel
+    runs as the user who runs Jupyter unless told otherwise.
+    """
+
+    container_id: str | None = None
+    _exit: Future[int] | None = None
+    _plan: ContainerPlan | None = None
+    _ports_cached = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        spec = kwargs.get("kernel_spec")
+        name = getattr(spec, "name", "") or os.path.basename(getattr(spec, "resource_dir", "") or "?")
+        config = {k: v for k, v in kwargs.items() if k not in ("kernel_id", "kernel_spec", "parent", "config", "log")}
+        base = {k: v for k, v in kwargs.items() if k not in config}
+        check_setting_names(config, name)
+        try:
+            super().__init__(**base, **config)
+        except TraitError as e:
+            raise DockerKernelError(errors.INVALID_SETTING.format(kernel=name, reason=e)) from e
+        self.kernel_name = name
+
+    @property
+    def has_process(self) -> bool:
+        return self._exit is not None
+
+    async def poll(self) -> int | None:
+        """The container's exit status, or None while it runs. Called by the restarter."""
+        if self._exit is None:
+            return 0
+        return self._exit.result() if self._exit.done() else None
+
+    async def wait(self) -> int | None:
+        """Wait for the container to exit. Called by KernelManager during shutdown,
+        always under a timeout."""
+        if self._exit is None:
+            return 0
+        status = await asyncio.wrap_future(self._exit)
+        self._exit = None
+        return status
+
+    async def send_signal(self, signum: int) -> None:
+        """Signal the kernel through the container's init process (interrupts are SIGINT).
+
+        A container that has exited or is gone is not an error: KernelManager
+        interrupts before every shutdown, also after the kernel has crashed.
+        """
+        if self.container_id is not None:
+            await _in_thread(docker_ops.signal_container, self._client(), self.container_id, signum)
+
+    async def kill(self, restart: bool = False) -> None:
+        """Called by KernelManager when a kernel does not shut down in time."""
+        await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        """Called by KernelManager when a kernel does not answer a shutdown request."""
+        await self.send_signal(signal.SIGTERM)
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        """Choose ports, write the connection file and plan the container.
+
+        Called by KernelManager.pre_start_kernel() at every start and restart.
+        The plan is made afresh each time, from the settings and kwargs.
+        """
+        km = self.parent
+        if km.transport != "tcp" or km.ip not in ("127.0.0.1", "localhost"):
+            raise DockerKernelError(errors.LOOPBACK_ONLY.format(ip=km.ip, transport=km.transport))
+        cwd = os.path.abspath(os.fspath(kwargs.get("cwd") or os.getcwd()))
+        check_launchable(self, self.kernel_name, cwd)
+
+        if not self._ports_cached:
+            # The same ports are kept across restarts, as for local kernels.
+            ports = LocalPortCache.instance()
+            for port_name in PORT_NAMES:
+                setattr(km, port_name, ports.find_available_port("127.0.0.1"))
+            self._ports_cached = True
+
+        extra_arguments = kwargs.pop("extra_arguments", [])
+        kwargs = await super().pre_launch(**kwargs)  # applies the kernelspec's env substitutions
+        env = kwargs.pop("env")
+        km.write_connection_file(jupyter_session=env.get("JPY_SESSION_NAME", ""))
+        self.connection_info = km.get_connection_info()
+
+        self._plan = plan_container(
+            self,
+            kernel_id=str(self.kernel_id),
+            kernel_name=self.kernel_name,
+            connection_info=self.connection_info,
+            cwd=cwd,
+            spec_env={k: env[k] for k in self.kernel_spec.env if k in env},
+            launch_env=env,
+            extra_arguments=extra_arguments,
+            owner=docker_ops.this_process_owner(),
+        )
+        kwargs["cmd"] = self._plan.create_kwargs["command"]
+        return kwargs
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        """Pull the image if needed and start the container planned by pre_launch().
+
+        Called by KernelManager right after pre_launch(); ``cmd`` is the
+        in-container command already in the plan.
+        """
+        assert self._plan is not None, "pre_launch() plans the container"
+        client = await _in_thread(docker_ops.get_client)
+        await _in_thread(docker_ops.ensure_image, client, self.image, self.pull_policy)
+        self.container_id = await _in_thread(docker_ops.start_container, client, self._plan)
+        self._exit = docker_ops.watch_container(self.container_id, client.api.api_version)
+        self.log.info(
+            "Kernel %s runs in container %s (image %s)", self.kernel_id, self.container_id[:12], self.image
+        )
+        return self.connection_info
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """Remove the container; when not restarting, also give the ports back.
+
+        Called by KernelManager at the end of every shutdown and restart, so a
+        restart always gets a fresh container, on the same ports.
+        """
+        if self.container_id is not None:
+            container_id, self.container_id = self.container_id, None
+            await _in_thread(docker_ops.remove_container, self._client(), container_id)
+        if self._ports_cached and not restart:
+            ports = LocalPortCache.instance()
+            for port_name in PORT_NAMES:
+                ports.return_port(int(self.connection_info[port_name]))
+            self._ports_cached = False
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info["container_id"] = self.container_id
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self.container_id = provisioner_info.get("container_id")
+
+    def _client(self) -> Any:
+        # Made by launch_kernel() before any container exists, so no daemon call here.
+        return docker_ops.get_client()

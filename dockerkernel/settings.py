@@ -1,0 +1,222 @@
+"""The settings of a Docker kernel, as traitlets.
+
+Every setting can be given per kernelspec, under
+``metadata.kernel_provisioner.config`` in ``kernel.json``, and server-wide as
+``c.DockerProvisioner.<name>`` in a Jupyter config file; the kernelspec wins.
+The help strings here are the documentation: the CLI and the README reuse them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from traitlets import (
+    CaselessStrEnum,
+    Dict,
+    Float,
+    List,
+    TraitError,
+    Unicode,
+    validate,
+)
+from traitlets.config import LoggingConfigurable
+
+DEFAULT_KERNEL_CMD = ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+# A Docker image reference: [registry[:port]/]path[:tag][@digest].
+_IMAGE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+_SIZE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
+_USER = re.compile(r"^[0-9]+(?::[0-9]+)?$")
+_NETWORK = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_gpus(value: str) -> str:
+    """Normalise a ``docker run --gpus`` value: 'none', 'all', a count or device ids.
+
+    Raises ValueError with the accepted forms when the value is none of them.
+    """
+    text = str(value).strip().lower()
+    if text.startswith("device="):
+        text = text[len("device=") :]
+    if text in ("none", "all", ""):
+        return text or "none"
+    if text.isdigit():
+        return "none" if int(text) == 0 else str(int(text))
+    ids = [part.strip() for part in text.split(",")]
+    if ids and all(re.fullmatch(r"[0-9]+|gpu-[0-9a-f-]+|mig-[0-9a-z/-]+", i) for i in ids):
+        return "device=" + ",".join(ids)
+    raise ValueError(
+        f"invalid gpus value {value!r}: use 'none', 'all', a count such as 2, "
+        "or device ids such as device=0,1"
+    )
+
+
+def parse_volume(spec: str) -> tuple[str, str, str]:
+    """Split ``HOST:CONTAINER[:ro|rw]`` into its parts; both paths must be absolute."""
+    parts = spec.split(":")
+    mode = "rw"
+    if len(parts) == 3 and parts[2] in ("ro", "rw"):
+        mode = parts.pop()
+    if len(parts) != 2 or not all(p.startswith("/") for p in parts):
+        raise ValueError(
+            f"invalid volume {spec!r}: write it as /host/path:/container/path[:ro]"
+        )
+    return parts[0], parts[1], mode
+
+
+class DockerSettings(LoggingConfigurable):
+    """How a kernel's container is made: image, command, GPUs, mounts, limits."""
+
+    image = Unicode(
+        "",
+        help="""The Docker image the kernel runs in, e.g. 'quay.io/jupyter/pytorch-notebook'.
+        It must contain a Python with ipykernel.""",
+    ).tag(config=True)
+
+    kernel_cmd = List(
+        Unicode(),
+        default_value=DEFAULT_KERNEL_CMD,
+        help="""The command that starts the kernel inside the container.
+        '{connection_file}' is replaced by the path of the connection file in the
+        container; arguments from the client are appended. Use 'python' instead
+        of 'python3' for Python 2 images.""",
+    ).tag(config=True)
+
+    gpus = Unicode(
+        "none",
+        help="""GPUs for the kernel, as for `docker run --gpus`: 'none', 'all', a count
+        such as '2', or device ids such as 'device=0,1'. Needs the NVIDIA Container
+        Toolkit on the Docker host.""",
+    ).tag(config=True)
+
+    volumes = List(
+        Unicode(),
+        help="""Extra bind mounts, each '/host/path:/container/path[:ro]'. The notebook's
+        directory is always mounted at its own path.""",
+    ).tag(config=True)
+
+    network = Unicode(
+        "bridge",
+        help="""The container's network: 'bridge' (kernel ports published on 127.0.0.1
+        only), 'host' (the kernel listens on the host's loopback), or the name of
+        another Docker network.""",
+    ).tag(config=True)
+
+    user = Unicode(
+        "host",
+        help="""Who the kernel runs as: 'host' (the uid:gid of the user who runs Jupyter,
+        so that files written to the notebook directory belong to them), 'image'
+        (the image's own USER), or numeric 'UID[:GID]'.""",
+    ).tag(config=True)
+
+    environment = Dict(
+        value_trait=Unicode(),
+        help="""Environment variables for the kernel, besides the kernelspec's 'env'.
+        The server's own environment is never passed on.""",
+    ).tag(config=True)
+
+    shm_size = Unicode(
+        "",
+        help="""Size of /dev/shm, e.g. '2g'; PyTorch DataLoader workers need more than
+        Docker's 64m default. Empty: Docker's default.""",
+    ).tag(config=True)
+
+    mem_limit = Unicode(
+        "",
+        help="Memory limit of the container, e.g. '8g'. Empty: no limit.",
+    ).tag(config=True)
+
+    cpus = Float(
+        0.0,
+        help="Number of CPUs the container may use, e.g. 1.5. 0: no limit.",
+    ).tag(config=True)
+
+    pull_policy = CaselessStrEnum(
+        ["missing", "always", "never"],
+        default_value="missing",
+        help="""When to pull the image: 'missing' (only if it is not present), 'always'
+        (before every kernel start), or 'never'.""",
+    ).tag(config=True)
+
+    container_options = Dict(
+        help="""Extra keyword arguments for the Docker SDK's `containers.create()`, e.g.
+        {"ipc_mode": "host"}. They override dockerkernel's own choices: use with care.""",
+    ).tag(config=True)
+
+    @validate("image")
+    def _valid_image(self, proposal: Any) -> str:
+        value = proposal["value"].strip()
+        if value and not _IMAGE.match(value):
+            raise TraitError(f"invalid image name {value!r}: use a Docker image reference such as 'repo/name:tag'")
+        return value
+
+    @validate("kernel_cmd")
+    def _valid_kernel_cmd(self, proposal: Any) -> list[str]:
+        cmd = list(proposal["value"])
+        if not cmd:
+            raise TraitError("kernel_cmd is empty: give the command that starts ipykernel")
+        if not any("{connection_file}" in arg for arg in cmd):
+            raise TraitError(
+                "kernel_cmd must pass '{connection_file}' to the kernel, e.g. "
+                "python3 -m ipykernel_launcher -f {connection_file}"
+            )
+        return cmd
+
+    @validate("gpus")
+    def _valid_gpus(self, proposal: Any) -> str:
+        try:
+            return parse_gpus(proposal["value"])
+        except ValueError as e:
+            raise TraitError(str(e)) from None
+
+    @validate("volumes")
+    def _valid_volumes(self, proposal: Any) -> list[str]:
+        for spec in proposal["value"]:
+            try:
+                parse_volume(spec)
+            except ValueError as e:
+                raise TraitError(str(e)) from None
+        return list(proposal["value"])
+
+    @validate("network")
+    def _valid_network(self, proposal: Any) -> str:
+        if not _NETWORK.match(proposal["value"]):
+            raise TraitError(f"invalid network {proposal['value']!r}: use 'bridge', 'host' or a Docker network name")
+        return str(proposal["value"])
+
+    @validate("user")
+    def _valid_user(self, proposal: Any) -> str:
+        value = proposal["value"].strip()
+        if value not in ("host", "image") and not _USER.match(value):
+            raise TraitError(f"invalid user {value!r}: use 'host', 'image' or numeric UID[:GID]")
+        return value
+
+    @validate("environment")
+    def _valid_environment(self, proposal: Any) -> dict[str, str]:
+        for name in proposal["value"]:
+            if not _ENV_NAME.match(name):
+                raise TraitError(f"invalid environment variable name {name!r}")
+        return dict(proposal["value"])
+
+    @validate("shm_size", "mem_limit")
+    def _valid_size(self, proposal: Any) -> str:
+        value = proposal["value"].strip()
+        if value and not _SIZE.match(value):
+            raise TraitError(f"invalid {proposal['trait'].name} {value!r}: use a size such as 512m or 2g")
+        return value
+
+    @validate("cpus")
+    def _valid_cpus(self, proposal: Any) -> float:
+        if proposal["value"] < 0:
+            raise TraitError(f"invalid cpus {proposal['value']!r}: use a positive number, or 0 for no limit")
+        return float(proposal["value"])
+
+    @classmethod
+    def setting_names(cls) -> list[str]:
+        """The names that a kernelspec's provisioner config may use."""
+        return sorted(cls.class_own_traits(config=True))

@@ -1,0 +1,232 @@
+"""The container for one kernel, as data: what to pass to Docker, and the files to put in it.
+
+Pure functions only, so that the provisioner and the host-side launcher build
+exactly the same container, and so that unit tests can check every option
+without a Docker engine.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from docker.types import DeviceRequest
+
+from .settings import DockerSettings, parse_volume
+
+# Where a kernel's own files live inside its container. The connection file is
+# copied in rather than bind-mounted: ipykernel rewrites it after binding, and
+# a copy in the container's own filesystem can belong to whichever user the
+# kernel runs as without opening up a directory on the host.
+CONTAINER_DIR = "/dockerkernel"
+CONTAINER_CONNECTION_FILE = f"{CONTAINER_DIR}/run/kernel.json"
+CONTAINER_HOME = f"{CONTAINER_DIR}/home"
+
+LABEL_PREFIX = "org.dockerkernel"
+LABEL_KERNEL_ID = f"{LABEL_PREFIX}.kernel-id"
+LABEL_KERNELSPEC = f"{LABEL_PREFIX}.kernelspec"
+LABEL_OWNER_HOST = f"{LABEL_PREFIX}.owner-host"
+LABEL_OWNER_PID = f"{LABEL_PREFIX}.owner-pid"
+LABEL_OWNER_STARTED = f"{LABEL_PREFIX}.owner-started"
+
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
+
+# Variables a kernel gets from the server besides its kernelspec's own. The rest
+# of the server's environment stays out: a leaked JPY_PARENT_PID makes ipykernel
+# exit at once under an init process, the host's PATH breaks images, and secrets
+# would end up in the container's configuration.
+PASSED_THROUGH = ("JPY_SESSION_NAME",)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that a kernel container belongs to: a Jupyter server or a launcher."""
+
+    host: str
+    pid: int
+    started: str
+
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_OWNER_HOST: self.host,
+            LABEL_OWNER_PID: str(self.pid),
+            LABEL_OWNER_STARTED: self.started,
+        }
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    """Everything needed to start one kernel container."""
+
+    create_kwargs: dict[str, Any]
+    connection: dict[str, Any]
+    file_owner: tuple[int, int] | None  # uid, gid of the files copied in; None: any user
+
+    @property
+    def image(self) -> str:
+        return str(self.create_kwargs["image"])
+
+
+def kernel_command(kernel_cmd: Sequence[str], extra_arguments: Sequence[str] = ()) -> list[str]:
+    """The command run in the container: ``kernel_cmd`` with its placeholder filled in."""
+    cmd = [arg.replace("{connection_file}", CONTAINER_CONNECTION_FILE) for arg in kernel_cmd]
+    return cmd + list(extra_arguments)
+
+
+def device_requests(gpus: str) -> list[DeviceRequest]:
+    """Docker device requests for a normalised ``gpus`` value, as ``docker run --gpus`` makes."""
+    if gpus == "none":
+        return []
+    if gpus == "all":
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    if gpus.startswith("device="):
+        ids = gpus[len("device=") :].split(",")
+        return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
+    return [DeviceRequest(count=int(gpus), capabilities=[["gpu"]])]
+
+
+def kernel_environment(
+    settings: DockerSettings,
+    *,
+    spec_env: Mapping[str, str],
+    launch_env: Mapping[str, str],
+    home: bool,
+) -> dict[str, str]:
+    """The kernel's environment: an allow-list, never the server's whole environment.
+
+    ``spec_env`` is the kernelspec's ``env`` with substitutions applied,
+    ``launch_env`` what the client passed (only PASSED_THROUGH is taken from it).
+    """
+    env = {name: launch_env[name] for name in PASSED_THROUGH if name in launch_env}
+    if home:
+        env["HOME"] = CONTAINER_HOME
+    env.update(spec_env)
+    env.update(settings.environment)
+    return env
+
+
+def container_connection(connection_info: Mapping[str, Any], network: str) -> dict[str, Any]:
+    """The connection file the kernel reads inside its container.
+
+    Same ports and key as the host's; the kernel listens on all of the
+    container's interfaces so that published ports reach it, or on loopback
+    only when it shares the host's network.
+    """
+    conn = {k: v for k, v in connection_info.items() if k not in ("ip",)}
+    for key in ("key", "signature_scheme"):
+        if isinstance(conn.get(key), bytes):
+            conn[key] = conn[key].decode()
+    conn["ip"] = "127.0.0.1" if network == "host" else "0.0.0.0"
+    conn["transport"] = "tcp"
+    return conn
+
+
+def plan_container(
+    settings: DockerSettings,
+    *,
+    kernel_id: str,
+    kernel_name: str,
+    connection_info: Mapping[str, Any],
+    cwd: str,
+    spec_env: Mapping[str, str],
+    launch_env: Mapping[str, str],
+    extra_arguments: Sequence[str] = (),
+    owner: Owner,
+    host_ip: str = "127.0.0.1",
+    host_ids: tuple[int, int] | None = None,
+) -> ContainerPlan:
+    """Turn settings and a kernel's launch parameters into a ContainerPlan.
+
+    ``spec_env`` and ``launch_env`` are as for kernel_environment;
+    ``host_ids`` the uid and gid to run as when ``settings.user`` is 'host'.
+    """
+    if settings.user == "host":
+        ids = host_ids if host_ids is not None else (os.getuid(), os.getgid())
+        user: str | None = f"{ids[0]}:{ids[1]}"
+    elif settings.user == "image":
+        ids, user = None, None
+    else:
+        uid, _, gid = settings.user.partition(":")
+        ids = (int(uid), int(gid or uid))
+        user = f"{ids[0]}:{ids[1]}"
+
+    volumes = {cwd: {"bind": cwd, "mode": "rw"}}
+    for volume in settings.volumes:
+        host, target, mode = parse_volume(volume)
+        volumes[host] = {"bind": target, "mode": mode}
+
+    kwargs: dict[str, Any] = {
+        "image": settings.image,
+        "command": kernel_command(settings.kernel_cmd, extra_arguments),
+        "name": f"dockerkernel-{kernel_id}",
+        "labels": {LABEL_KERNEL_ID: kernel_id, LABEL_KERNELSPEC: kernel_name, **owner.labels()},
+        "environment": kernel_environment(
+            settings, spec_env=spec_env, launch_env=launch_env, home=settings.user != "image"
+        ),
+        "working_dir": cwd,
+        "volumes": volumes,
+        "init": True,
+        "detach": True,
+        "security_opt": ["no-new-privileges"],
+    }
+    if user is not None:
+        kwargs["user"] = user
+    if settings.network == "host":
+        kwargs["network_mode"] = "host"
+    else:
+        kwargs["network"] = settings.network
+        kwargs["ports"] = {
+            f"{connection_info[name]}/tcp": (host_ip, int(connection_info[name]))
+            for name in PORT_NAMES
+        }
+    requests = device_requests(settings.gpus)
+    if requests:
+        kwargs["device_requests"] = requests
+    if settings.shm_size:
+        kwargs["shm_size"] = settings.shm_size
+    if settings.mem_limit:
+        kwargs["mem_limit"] = settings.mem_limit
+    if settings.cpus:
+        kwargs["nano_cpus"] = int(settings.cpus * 1e9)
+    kwargs.update(settings.container_options)
+
+    return ContainerPlan(
+        create_kwargs=kwargs,
+        connection=container_connection(connection_info, settings.network),
+        file_owner=ids,
+    )
+
+
+def kernel_files_archive(plan: ContainerPlan) -> bytes:
+    """A tar of the kernel's files, for ``put_archive`` at ``/``: its connection file and home.
+
+    They belong to the kernel's user and only it can read them; when that user is
+    unknown (the image's own USER) they are open to every user of the container.
+    """
+    buf = io.BytesIO()
+    uid, gid = plan.file_owner or (0, 0)
+    private = plan.file_owner is not None
+    now = time.time()
+
+    def add(name: str, mode: int, data: bytes | None = None) -> None:
+        info = tarfile.TarInfo(name.lstrip("/"))
+        info.uid, info.gid, info.mtime = uid, gid, now
+        if data is None:
+            info.type, info.mode = tarfile.DIRTYPE, mode if private else 0o777
+            tar.addfile(info)
+        else:
+            info.mode, info.size = mode if private else 0o666, len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        add(CONTAINER_DIR, 0o755)
+        add(os.path.dirname(CONTAINER_CONNECTION_FILE), 0o700)
+        add(CONTAINER_CONNECTION_FILE, 0o600, json.dumps(plan.connection, indent=1).encode())
+        add(CONTAINER_HOME, 0o700)
+    return buf.getvalue()

@@ -1,0 +1,1 @@
+"""Preset kernelspecs, installed by `dockerkernel install NAME`; shipped as dockerkernel.presets."""
