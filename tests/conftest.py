@@ -1,0 +1,195 @@
+"""Shared fixtures: isolated Jupyter directories, the CLI in-process, and real Docker kernels.
+
+Tests marked ``docker`` need a Docker engine and the images that
+tests/images/build.sh makes; tests/run.sh provides both. They are never
+skipped: without Docker they fail, saying what to run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from jupyter_client.manager import AsyncKernelManager
+
+from dockerkernel.cli import main as cli_main
+from dockerkernel.spec import LABEL_KERNEL_ID
+
+IMAGES = {"py3": "dockerkernel-test/py3", "py2": "dockerkernel-test/py2"}
+PYTHONS = {"py3": "python3", "py2": "python"}
+
+
+@pytest.fixture(autouse=True)
+def jupyter_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets Jupyter data, config and runtime directories of its own."""
+    root = tmp_path / "jupyter"
+    for var, sub in (
+        ("JUPYTER_DATA_DIR", "data"),
+        ("JUPYTER_PATH", "data"),
+        ("JUPYTER_CONFIG_DIR", "config"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+    ):
+        monkeypatch.setenv(var, str(root / sub))
+    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    return root
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def dockerkernel(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """Run the `dockerkernel` CLI in-process."""
+
+    def run(*args: str) -> CliResult:
+        try:
+            code = cli_main(list(args))
+        except SystemExit as e:  # argparse
+            code = int(e.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    """The Docker engine, with the test images built; a failure, never a skip, without them."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as e:
+        pytest.fail(f"these tests need a Docker engine ({e}); tests/run.sh installs and starts one")
+    for image in IMAGES.values():
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            pytest.fail(f"test image {image} is missing: run tests/images/build.sh")
+    return client
+
+
+def kernel_containers(client: docker.DockerClient) -> dict[str, Any]:
+    return {c.id: c for c in client.containers.list(all=True, filters={"label": LABEL_KERNEL_ID})}
+
+
+@pytest.fixture
+def no_leftovers(docker_client: docker.DockerClient, request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves a kernel container behind; show the logs of a failed test's kernels."""
+    before = set(kernel_containers(docker_client))
+    yield
+    new = {cid: c for cid, c in kernel_containers(docker_client).items() if cid not in before}
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for c in new.values():
+            print(f"--- logs of {c.name} ---\n{c.logs(tail=50).decode(errors='replace')}")
+    for c in new.values():
+        c.remove(force=True)
+    assert not new, f"kernel containers left behind: {[c.name for c in new.values()]}"
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def install_test_kernel(dockerkernel: Callable[..., CliResult]) -> Callable[..., str]:
+    """Install a kernelspec for a test image with the CLI; returns its name."""
+
+    def install(flavour: str, *extra: str, name: str | None = None) -> str:
+        name = name or f"test-{flavour}"
+        result = dockerkernel(
+            "install", "--image", IMAGES[flavour], "--name", name, "--python", PYTHONS[flavour], *extra
+        )
+        assert result.code == 0, result.err
+        return name
+
+    return install
+
+
+@dataclass
+class Reply:
+    status: str
+    stdout: str = ""
+    ename: str = ""
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Kernel:
+    """A kernel started through jupyter_client's AsyncKernelManager, with a client."""
+
+    kc: Any = None
+
+    def __init__(self, km: AsyncKernelManager) -> None:
+        self.km = km
+
+    async def start(self, **kwargs: Any) -> None:
+        await self.km.start_kernel(**kwargs)
+        self.kc = self.km.client()  # after the start: the client copies the ports
+        self.kc.start_channels()
+        await self.kc.wait_for_ready(timeout=60)
+
+    async def execute(self, code: str, timeout: float = 60) -> Reply:
+        stdout: list[str] = []
+        messages: list[dict[str, Any]] = []
+        reply = await self.kc.execute_interactive(
+            code, timeout=timeout, output_hook=messages.append, allow_stdin=False
+        )
+        for msg in messages:
+            if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
+                stdout.append(msg["content"]["text"])
+        content = reply["content"]
+        return Reply(content["status"], "".join(stdout), content.get("ename", ""), messages)
+
+    @property
+    def container_id(self) -> str | None:
+        return getattr(self.km.provisioner, "container_id", None)
+
+    async def shutdown(self) -> None:
+        if self.kc is not None:
+            self.kc.stop_channels()
+        if self.km.has_kernel:
+            await self.km.shutdown_kernel()
+
+
+@pytest.fixture
+async def start_kernel(no_leftovers: None) -> AsyncIterator[Callable[..., Any]]:
+    """Start kernels by kernelspec name; they are shut down after the test."""
+    kernels: list[Kernel] = []
+
+    async def start(name: str, **kwargs: Any) -> Kernel:
+        kernel = Kernel(AsyncKernelManager(kernel_name=name))
+        kernels.append(kernel)
+        await kernel.start(**kwargs)
+        return kernel
+
+    yield start
+    await asyncio.gather(*(k.shutdown() for k in kernels))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "docker_client" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture
+def notebook_dir(tmp_path: Path) -> Path:
+    """A notebook directory with a data file in it, as a user would have."""
+    path = tmp_path / "notebooks" / "project"
+    path.mkdir(parents=True)
+    (path / "data.txt").write_text("data from the host\n")
+    os.chmod(tmp_path / "notebooks", 0o755)
+    return path

@@ -1,0 +1,159 @@
+"""Kernels in real containers, driven through jupyter_client like any local kernel.
+
+Each lifecycle test runs against a Python 3 image (ipykernel 7) and a
+Python 2.7 image (ipykernel 4.10), both installed with the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from jupyter_client.manager import AsyncKernelManager
+
+from dockerkernel import errors
+from dockerkernel.errors import DockerKernelError
+from dockerkernel.spec import LABEL_KERNEL_ID
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(params=["py3", "py2"])
+def kernel_name(request: pytest.FixtureRequest, install_test_kernel: Any, docker_client: Any) -> str:
+    return str(install_test_kernel(request.param))
+
+
+async def test_executes_code(kernel_name: str, start_kernel: Any, notebook_dir: Path) -> None:
+    kernel = await start_kernel(kernel_name, cwd=str(notebook_dir))
+    reply = await kernel.execute("print(6 * 7)")
+    assert (reply.status, reply.stdout) == ("ok", "42\n")
+
+
+async def test_runs_in_the_notebook_directory(kernel_name: str, start_kernel: Any, notebook_dir: Path) -> None:
+    # cwd arrives as a pathlib.Path from some clients.
+    kernel = await start_kernel(kernel_name, cwd=notebook_dir)
+    reply = await kernel.execute("import os\nprint(os.getcwd())\nprint(open('data.txt').read().strip())")
+    assert reply.status == "ok"
+    assert reply.stdout.splitlines() == [str(notebook_dir), "data from the host"]
+
+
+async def test_written_file_belongs_to_the_invoking_user(
+    kernel_name: str, start_kernel: Any, notebook_dir: Path
+) -> None:
+    kernel = await start_kernel(kernel_name, cwd=str(notebook_dir))
+    reply = await kernel.execute("open('from-kernel.txt', 'w').write('written in the container')")
+    assert reply.status == "ok"
+    written = notebook_dir / "from-kernel.txt"
+    assert written.read_text() == "written in the container"
+    assert (written.stat().st_uid, written.stat().st_gid) == (os.getuid(), os.getgid())
+
+
+async def test_interrupt_raises_keyboard_interrupt(kernel_name: str, start_kernel: Any, notebook_dir: Path) -> None:
+    kernel = await start_kernel(kernel_name, cwd=str(notebook_dir))
+    msg_id = kernel.kc.execute("import time; time.sleep(60)")
+    # Interrupt once the kernel is busy with the cell.
+    while True:
+        msg = await kernel.kc.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["content"].get("execution_state") == "busy":
+            break
+    await kernel.km.interrupt_kernel()
+    reply = await kernel.kc.get_shell_msg(timeout=2)  # the issue's bound: within 2 s
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert (reply["content"]["status"], reply["content"]["ename"]) == ("error", "KeyboardInterrupt")
+    # The kernel survives the interrupt.
+    assert (await kernel.execute("print('still here')")).stdout == "still here\n"
+
+
+async def test_restart_forgets_state_in_a_new_container(
+    kernel_name: str, start_kernel: Any, notebook_dir: Path, docker_client: docker.DockerClient
+) -> None:
+    kernel = await start_kernel(kernel_name, cwd=str(notebook_dir))
+    assert (await kernel.execute("x = 1")).status == "ok"
+    old_container, old_ports = kernel.container_id, kernel.km.get_connection_info()
+
+    await kernel.km.restart_kernel()
+    await kernel.kc.wait_for_ready(timeout=60)
+
+    assert (await kernel.execute("x")).ename == "NameError"
+    assert kernel.container_id not in (None, old_container)
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(old_container)
+    assert kernel.km.get_connection_info() == old_ports
+
+
+async def test_shutdown_leaves_no_container(
+    kernel_name: str, start_kernel: Any, notebook_dir: Path, docker_client: docker.DockerClient
+) -> None:
+    kernel = await start_kernel(kernel_name, cwd=str(notebook_dir))
+    container_id = kernel.container_id
+    assert docker_client.containers.get(container_id).status == "running"
+    await kernel.shutdown()
+    assert docker_client.containers.list(all=True, filters={"label": f"{LABEL_KERNEL_ID}={kernel.km.kernel_id}"}) == []
+
+
+async def test_kernel_without_the_provisioner_runs_in_the_same_container(
+    kernel_name: str, notebook_dir: Path, docker_client: docker.DockerClient, no_leftovers: None
+) -> None:
+    """A client that ignores kernel_provisioner runs the kernelspec's argv: the launcher."""
+    km = AsyncKernelManager(kernel_name=kernel_name)
+    km.kernel_spec.metadata.pop("kernel_provisioner")  # as such a client would
+    await km.start_kernel(cwd=str(notebook_dir))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        reply = await kc.execute_interactive("import os; print(os.path.exists('/dockerkernel/run/kernel.json'))", timeout=30)
+        assert reply["content"]["status"] == "ok"
+        containers = docker_client.containers.list(filters={"label": LABEL_KERNEL_ID})
+        assert [c.labels["org.dockerkernel.kernelspec"] for c in containers] == [kernel_name]
+
+        msg_id = kc.execute("import time; time.sleep(60)")
+        while (await kc.get_iopub_msg(timeout=30))["content"].get("execution_state") != "busy":
+            pass
+        await km.interrupt_kernel()
+        reply = await kc.get_shell_msg(timeout=5)
+        assert (reply["parent_header"]["msg_id"], reply["content"]["ename"]) == (msg_id, "KeyboardInterrupt")
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel()
+    # The launcher removes its container when the kernel exits.
+    deadline = time.monotonic() + 30
+    while docker_client.containers.list(all=True, filters={"label": LABEL_KERNEL_ID}):
+        assert time.monotonic() < deadline, "the launcher left its container behind"
+        await __import__("asyncio").sleep(0.1)
+
+
+async def test_gpu_request_without_nvidia_runtime_is_a_clear_error(
+    install_test_kernel: Any, docker_client: docker.DockerClient, no_leftovers: None, notebook_dir: Path
+) -> None:
+    name = install_test_kernel("py3", "--gpus", "all")
+    km = AsyncKernelManager(kernel_name=name)
+    with pytest.raises(DockerKernelError) as info:
+        await km.start_kernel(cwd=str(notebook_dir))
+    assert str(info.value) == errors.GPUS_UNAVAILABLE.format(gpus="all")
+
+
+async def test_unknown_image_is_a_clear_error(
+    install_test_kernel: Any, dockerkernel: Any, docker_client: docker.DockerClient, no_leftovers: None,
+    notebook_dir: Path,
+) -> None:
+    # A registry on a closed local port fails at once; Docker Hub is not reachable here either.
+    image = "127.0.0.1:9/no/such-image:1"
+    assert dockerkernel("install", "--image", image, "--name", "missing", "--no-pull").code == 0
+    km = AsyncKernelManager(kernel_name="missing")
+    with pytest.raises(DockerKernelError) as info:
+        await km.start_kernel(cwd=str(notebook_dir))
+    message = str(info.value)
+    assert message.startswith(f"Docker image '{image}' could not be pulled (")
+    assert "\n" not in message
+
+
+async def test_install_refuses_an_image_that_cannot_be_pulled(dockerkernel: Any, docker_client: Any) -> None:
+    result = dockerkernel("install", "--image", "127.0.0.1:9/no/such-image:1", "--name", "missing")
+    assert result.code == 1
+    assert "Docker image '127.0.0.1:9/no/such-image:1' could not be pulled" in result.err
+    assert dockerkernel("list").out.startswith("No dockerkernel kernelspecs")
