@@ -41,13 +41,11 @@ def parse_gpus(value: str) -> str:
     Raises ValueError with the accepted forms when the value is none of them.
     """
     text = str(value).strip().lower()
-    if text.startswith("device="):
-        text = text[len("device=") :]
     if text in ("none", "all", ""):
         return text or "none"
     if text.isdigit():
         return "none" if int(text) == 0 else str(int(text))
-    ids = [part.strip() for part in text.split(",")]
+    ids = [part.strip() for part in text.removeprefix("device=").split(",")]
     if ids and all(re.fullmatch(r"[0-9]+|gpu-[0-9a-f-]+|mig-[0-9a-z/-]+", i) for i in ids):
         return "device=" + ",".join(ids)
     raise ValueError(
