@@ -43,8 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the kernelspec's name (default: the preset's, or one made from the image)")
     p.add_argument("--display-name", help="the name shown in Jupyter's kernel picker")
     p.add_argument("--gpus", help=_help("gpus"))
-    p.add_argument("--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]", help=_help("volumes"))
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an environment variable for the kernel")
+    p.add_argument(
+        "--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]", help=_help("volumes")
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the kernel",
+    )
     p.add_argument("--python", metavar="EXE", help="the Python inside the image (default: python3)")
     p.add_argument("--run-as", metavar="host|image|UID[:GID]", help=_help("user"))
     p.add_argument("--network", help=_help("network"))
@@ -54,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pull-policy", choices=["missing", "always", "never"], help=_help("pull_policy"))
     where = p.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="install for the current user only (the default)")
-    where.add_argument("--sys-prefix", action="store_true", help="install into this Python's prefix (e.g. a virtualenv)")
+    where.add_argument(
+        "--sys-prefix", action="store_true", help="install into this Python's prefix (e.g. a virtualenv)"
+    )
     where.add_argument("--prefix", metavar="DIR", help="install into DIR/share/jupyter/kernels")
     p.add_argument("--replace", action="store_true", help="overwrite a kernelspec of the same name")
     p.add_argument("--no-pull", action="store_true", help="do not pull the image now")
@@ -95,8 +105,13 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
         raise DockerKernelError(errors.INSTALL_NEEDS_IMAGE)
 
     for option, setting in (
-        ("image", "image"), ("gpus", "gpus"), ("run_as", "user"), ("network", "network"),
-        ("shm_size", "shm_size"), ("mem_limit", "mem_limit"), ("cpus", "cpus"),
+        ("image", "image"),
+        ("gpus", "gpus"),
+        ("run_as", "user"),
+        ("network", "network"),
+        ("shm_size", "shm_size"),
+        ("mem_limit", "mem_limit"),
+        ("cpus", "cpus"),
         ("pull_policy", "pull_policy"),
     ):
         if getattr(args, option) is not None:
@@ -123,8 +138,13 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(f"Making sure image {config['image']} is present...", file=sys.stderr)
         docker_ops.ensure_image(docker_ops.get_client(), config["image"], "missing")
     path = kernelspec.install(
-        name=name, display_name=display_name, config=config, env=env,
-        user=prefix is None, prefix=prefix, replace=args.replace,
+        name=name,
+        display_name=display_name,
+        config=config,
+        env=env,
+        user=prefix is None,
+        prefix=prefix,
+        replace=args.replace,
     )
     print(f"Installed kernelspec {name} in {path}")
     return 0
@@ -138,7 +158,8 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    lines = ("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -148,7 +169,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     elif not kernels:
         print("No dockerkernel kernelspecs are installed: try `dockerkernel install python3`.")
     else:
-        print(_table([("NAME", "IMAGE", "GPUS", "LOCATION")] + [(k.name, k.image, k.gpus, k.path) for k in kernels]))
+        print(
+            _table(
+                [("NAME", "IMAGE", "GPUS", "LOCATION")] + [(k.name, k.image, k.gpus, k.path) for k in kernels]
+            )
+        )
     return 0
 
 
@@ -164,12 +189,17 @@ def _container_rows() -> list[dict[str, Any]]:
     rows = []
     for c in docker_ops.kernel_containers(docker_ops.get_client()):
         alive = docker_ops.owner_alive(c.labels)
-        rows.append({
-            "container": c.short_id, "name": c.name, "status": c.status,
-            "kernelspec": c.labels.get(LABEL_KERNELSPEC, ""), "kernel_id": c.labels.get(LABEL_KERNEL_ID, ""),
-            "owner": {True: "running", False: "gone", None: "other host"}[alive],
-            "image": c.attrs.get("Config", {}).get("Image", ""),
-        })
+        rows.append(
+            {
+                "container": c.short_id,
+                "name": c.name,
+                "status": c.status,
+                "kernelspec": c.labels.get(LABEL_KERNELSPEC, ""),
+                "kernel_id": c.labels.get(LABEL_KERNEL_ID, ""),
+                "owner": {True: "running", False: "gone", None: "other host"}[alive],
+                "image": c.attrs.get("Config", {}).get("Image", ""),
+            }
+        )
     return rows
 
 
@@ -204,8 +234,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "install": cmd_install, "uninstall": cmd_uninstall, "list": cmd_list, "presets": cmd_presets,
-    "ps": cmd_ps, "prune": cmd_prune, "launch": cmd_launch,
+    "install": cmd_install,
+    "uninstall": cmd_uninstall,
+    "list": cmd_list,
+    "presets": cmd_presets,
+    "ps": cmd_ps,
+    "prune": cmd_prune,
+    "launch": cmd_launch,
 }
 
 

@@ -126,9 +126,7 @@ def ensure_image(client: docker.DockerClient, image: str, pull_policy: str) -> N
             else:
                 client.images.pull(repository, tag=tag or "latest")
         except (APIError, requests.exceptions.RequestException) as e:
-            raise DockerKernelError(
-                errors.IMAGE_UNAVAILABLE.format(image=image, reason=_reason(e))
-            ) from e
+            raise DockerKernelError(errors.IMAGE_UNAVAILABLE.format(image=image, reason=_reason(e))) from e
 
 
 def start_container(client: docker.DockerClient, plan: ContainerPlan) -> str:
@@ -151,9 +149,7 @@ def start_container(client: docker.DockerClient, plan: ContainerPlan) -> str:
             raise _start_error(plan, e) from e
         if isinstance(e, TypeError):
             # The SDK rejects an unknown keyword: it came from container_options.
-            raise DockerKernelError(
-                errors.CONTAINER_START_FAILED.format(image=plan.image, reason=e)
-            ) from e
+            raise DockerKernelError(errors.CONTAINER_START_FAILED.format(image=plan.image, reason=e)) from e
         raise
 
 
@@ -229,14 +225,6 @@ def watch_container(container_id: str, api_version: str) -> Future[int]:
 
     threading.Thread(target=wait, name=f"dockerkernel-wait-{container_id[:12]}", daemon=True).start()
     return future
-
-
-def container_logs(client: docker.DockerClient, container_id: str, tail: int = 20) -> str:
-    """The last lines a container printed, for error messages; '' if there are none."""
-    try:
-        return client.api.logs(container_id, tail=tail).decode(errors="replace").strip()
-    except (DockerException, requests.exceptions.RequestException):
-        return ""
 
 
 def kernel_containers(client: docker.DockerClient, **label_filters: str) -> list[Container]:

@@ -58,16 +58,10 @@ KERNELSPEC_EXISTS = (
     "A kernelspec named '{name}' already exists in {path}: pass --replace to "
     "overwrite it, or choose another --name."
 )
-KERNELSPEC_NOT_FOUND = (
-    "No dockerkernel kernelspec named '{name}' is installed: see `dockerkernel list`."
-)
-INVALID_KERNEL_NAME = (
-    "Invalid kernel name '{name}': use only ASCII letters, digits, '.', '_' and '-'."
-)
+KERNELSPEC_NOT_FOUND = "No dockerkernel kernelspec named '{name}' is installed: see `dockerkernel list`."
+INVALID_KERNEL_NAME = "Invalid kernel name '{name}': use only ASCII letters, digits, '.', '_' and '-'."
 UNKNOWN_PRESET = "Unknown preset '{name}': choose one of {presets}, or pass --image."
-INSTALL_NEEDS_IMAGE = (
-    "Nothing to install: name a preset (see `dockerkernel presets`) or pass --image IMAGE."
-)
+INSTALL_NEEDS_IMAGE = "Nothing to install: name a preset (see `dockerkernel presets`) or pass --image IMAGE."
 INVALID_ENV = "Invalid --env '{value}': write it as NAME=VALUE."
 PERMISSION_DENIED = (
     "Permission denied writing to {path}: use --user to install for your user only, "

@@ -54,8 +54,14 @@ def kernel_json(*, display_name: str, config: Mapping[str, Any], env: Mapping[st
     """
     return {
         "argv": [
-            sys.executable, "-m", "dockerkernel", "launch",
-            "--spec-dir", "{resource_dir}", "-f", "{connection_file}",
+            sys.executable,
+            "-m",
+            "dockerkernel",
+            "launch",
+            "--spec-dir",
+            "{resource_dir}",
+            "-f",
+            "{connection_file}",
         ],
         "display_name": display_name,
         "language": "python",

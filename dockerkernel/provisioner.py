@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
-from jupyter_client.provisioning import KernelProvisionerBase
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import TraitError
 
 from . import docker_ops, errors
@@ -35,7 +35,7 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(_executor, fn, *args)
 
 
-class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[misc]
+class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[metaclass]
     """Runs each kernel in a container of its own, made from the kernelspec's image.
 
     The notebook's directory is mounted at its own path and is the working
@@ -51,7 +51,11 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     def __init__(self, **kwargs: Any) -> None:
         spec = kwargs.get("kernel_spec")
         name = getattr(spec, "name", "") or os.path.basename(getattr(spec, "resource_dir", "") or "?")
-        config = {k: v for k, v in kwargs.items() if k not in ("kernel_id", "kernel_spec", "parent", "config", "log")}
+        config = {
+            k: v
+            for k, v in kwargs.items()
+            if k not in ("kernel_id", "kernel_spec", "parent", "config", "log")
+        }
         base = {k: v for k, v in kwargs.items() if k not in config}
         check_setting_names(config, name)
         try:
@@ -102,7 +106,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         Called by KernelManager.pre_start_kernel() at every start and restart.
         The plan is made afresh each time, from the settings and kwargs.
         """
-        km = self.parent
+        km: Any = self.parent  # the KernelManager
         if km.transport != "tcp" or km.ip not in ("127.0.0.1", "localhost"):
             raise DockerKernelError(errors.LOOPBACK_ONLY.format(ip=km.ip, transport=km.transport))
         cwd = os.path.abspath(os.fspath(kwargs.get("cwd") or os.getcwd()))
@@ -163,7 +167,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         if self._ports_cached and not restart:
             ports = LocalPortCache.instance()
             for port_name in PORT_NAMES:
-                ports.return_port(int(self.connection_info[port_name]))
+                ports.return_port(int(self.connection_info[port_name]))  # type: ignore[literal-required]
             self._ports_cached = False
 
     async def get_provisioner_info(self) -> dict[str, Any]:

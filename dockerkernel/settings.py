@@ -61,9 +61,7 @@ def parse_volume(spec: str) -> tuple[str, str, str]:
     if len(parts) == 3 and parts[2] in ("ro", "rw"):
         mode = parts.pop()
     if len(parts) != 2 or not all(p.startswith("/") for p in parts):
-        raise ValueError(
-            f"invalid volume {spec!r}: write it as /host/path:/container/path[:ro]"
-        )
+        raise ValueError(f"invalid volume {spec!r}: write it as /host/path:/container/path[:ro]")
     return parts[0], parts[1], mode
 
 
@@ -148,9 +146,11 @@ class DockerSettings(LoggingConfigurable):
 
     @validate("image")
     def _valid_image(self, proposal: Any) -> str:
-        value = proposal["value"].strip()
+        value = str(proposal["value"]).strip()
         if value and not _IMAGE.match(value):
-            raise TraitError(f"invalid image name {value!r}: use a Docker image reference such as 'repo/name:tag'")
+            raise TraitError(
+                f"invalid image name {value!r}: use a Docker image reference such as 'repo/name:tag'"
+            )
         return value
 
     @validate("kernel_cmd")
@@ -184,12 +184,14 @@ class DockerSettings(LoggingConfigurable):
     @validate("network")
     def _valid_network(self, proposal: Any) -> str:
         if not _NETWORK.match(proposal["value"]):
-            raise TraitError(f"invalid network {proposal['value']!r}: use 'bridge', 'host' or a Docker network name")
+            raise TraitError(
+                f"invalid network {proposal['value']!r}: use 'bridge', 'host' or a Docker network name"
+            )
         return str(proposal["value"])
 
     @validate("user")
     def _valid_user(self, proposal: Any) -> str:
-        value = proposal["value"].strip()
+        value = str(proposal["value"]).strip()
         if value not in ("host", "image") and not _USER.match(value):
             raise TraitError(f"invalid user {value!r}: use 'host', 'image' or numeric UID[:GID]")
         return value
@@ -203,7 +205,7 @@ class DockerSettings(LoggingConfigurable):
 
     @validate("shm_size", "mem_limit")
     def _valid_size(self, proposal: Any) -> str:
-        value = proposal["value"].strip()
+        value = str(proposal["value"]).strip()
         if value and not _SIZE.match(value):
             raise TraitError(f"invalid {proposal['trait'].name} {value!r}: use a size such as 512m or 2g")
         return value

@@ -182,8 +182,7 @@ def plan_container(
     else:
         kwargs["network"] = settings.network
         kwargs["ports"] = {
-            f"{connection_info[name]}/tcp": (host_ip, int(connection_info[name]))
-            for name in PORT_NAMES
+            f"{connection_info[name]}/tcp": (host_ip, int(connection_info[name])) for name in PORT_NAMES
         }
     requests = device_requests(settings.gpus)
     if requests:

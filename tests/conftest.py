@@ -63,6 +63,12 @@ def dockerkernel(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]
 
 
 @pytest.fixture(scope="session")
+def test_images() -> dict[str, str]:
+    """The test images by flavour, as tests/images/build.sh tags them."""
+    return dict(IMAGES)
+
+
+@pytest.fixture(scope="session")
 def docker_client() -> docker.DockerClient:
     """The Docker engine, with the test images built; a failure, never a skip, without them."""
     try:

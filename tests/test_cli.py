@@ -14,6 +14,7 @@ import pytest
 
 from dockerkernel import errors, kernelspec
 from dockerkernel.cli import build_parser
+from dockerkernel.settings import DockerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,8 +25,22 @@ def read_spec(path: Path) -> dict[str, Any]:
 
 def test_install_any_image(dockerkernel: Any, jupyter_dirs: Path) -> None:
     result = dockerkernel(
-        "install", "--image", "my/img:1", "--name", "foo", "--display-name", "Foo", "--gpus", "all",
-        "--volume", "/data:/data:ro", "--env", "A=1", "--python", "python2", "--no-pull",
+        "install",
+        "--image",
+        "my/img:1",
+        "--name",
+        "foo",
+        "--display-name",
+        "Foo",
+        "--gpus",
+        "all",
+        "--volume",
+        "/data:/data:ro",
+        "--env",
+        "A=1",
+        "--python",
+        "python2",
+        "--no-pull",
     )
     assert result.code == 0, result.err
     path = jupyter_dirs / "data" / "kernels" / "foo"
@@ -37,7 +52,9 @@ def test_install_any_image(dockerkernel: Any, jupyter_dirs: Path) -> None:
     assert spec["metadata"]["kernel_provisioner"] == {
         "provisioner_name": "docker-provisioner",
         "config": {
-            "image": "my/img:1", "gpus": "all", "volumes": ["/data:/data:ro"],
+            "image": "my/img:1",
+            "gpus": "all",
+            "volumes": ["/data:/data:ro"],
             "kernel_cmd": ["python2", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         },
     }
@@ -48,7 +65,9 @@ def test_installed_kernel_shows_in_jupyter_kernelspec_list(dockerkernel: Any) ->
     assert dockerkernel("install", "--image", "my/img", "--name", "foo", "--no-pull").code == 0
     listed = subprocess.run(
         [sys.executable, "-m", "jupyter_client.kernelspecapp", "list", "--json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "foo" in json.loads(listed.stdout)["kernelspecs"]
 
@@ -57,7 +76,11 @@ def test_argv_is_understood_by_our_own_launcher(dockerkernel: Any, jupyter_dirs:
     dockerkernel("install", "--image", "my/img", "--name", "foo", "--no-pull")
     argv = read_spec(jupyter_dirs / "data" / "kernels" / "foo")["argv"]
     args = build_parser().parse_args(argv[3:] + ["--", "--some-client-arg"])
-    assert (args.command, args.spec_dir, args.connection_file) == ("launch", "{resource_dir}", "{connection_file}")
+    assert (args.command, args.spec_dir, args.connection_file) == (
+        "launch",
+        "{resource_dir}",
+        "{connection_file}",
+    )
 
 
 @pytest.mark.parametrize("preset", ["python3", "dl-pytorch", "dl-keras"])
@@ -76,8 +99,12 @@ def test_deep_learning_presets_ask_for_all_gpus() -> None:
 
 
 def test_preset_settings_can_be_overridden(dockerkernel: Any, jupyter_dirs: Path) -> None:
-    assert dockerkernel("install", "dl-pytorch", "--gpus", "none", "--name", "torch-cpu", "--no-pull").code == 0
-    config = read_spec(jupyter_dirs / "data" / "kernels" / "torch-cpu")["metadata"]["kernel_provisioner"]["config"]
+    assert (
+        dockerkernel("install", "dl-pytorch", "--gpus", "none", "--name", "torch-cpu", "--no-pull").code == 0
+    )
+    config = read_spec(jupyter_dirs / "data" / "kernels" / "torch-cpu")["metadata"]["kernel_provisioner"][
+        "config"
+    ]
     assert config["gpus"] == "none"
     assert config["image"] == kernelspec.presets()["dl-pytorch"].config["image"]
 
@@ -86,13 +113,21 @@ def test_existing_name_needs_replace(dockerkernel: Any, jupyter_dirs: Path) -> N
     assert dockerkernel("install", "--image", "a/b", "--name", "foo", "--no-pull").code == 0
     again = dockerkernel("install", "--image", "c/d", "--name", "foo", "--no-pull")
     path = jupyter_dirs / "data" / "kernels" / "foo"
-    assert (again.code, again.err) == (1, "dockerkernel: " + errors.KERNELSPEC_EXISTS.format(name="foo", path=path) + "\n")
+    assert (again.code, again.err) == (
+        1,
+        "dockerkernel: " + errors.KERNELSPEC_EXISTS.format(name="foo", path=path) + "\n",
+    )
     assert dockerkernel("install", "--image", "c/d", "--name", "foo", "--no-pull", "--replace").code == 0
     assert read_spec(path)["metadata"]["kernel_provisioner"]["config"]["image"] == "c/d"
 
 
 def test_prefix_and_sys_prefix(dockerkernel: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert dockerkernel("install", "--image", "a/b", "--name", "foo", "--prefix", str(tmp_path / "p"), "--no-pull").code == 0
+    assert (
+        dockerkernel(
+            "install", "--image", "a/b", "--name", "foo", "--prefix", str(tmp_path / "p"), "--no-pull"
+        ).code
+        == 0
+    )
     assert (tmp_path / "p" / "share" / "jupyter" / "kernels" / "foo" / "kernel.json").exists()
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
     assert dockerkernel("install", "--image", "a/b", "--name", "bar", "--sys-prefix", "--no-pull").code == 0
@@ -111,7 +146,10 @@ def test_list_and_uninstall(dockerkernel: Any, jupyter_dirs: Path) -> None:
     assert dockerkernel("uninstall", "foo").code == 0
     assert not (jupyter_dirs / "data" / "kernels" / "foo").exists()
     gone = dockerkernel("uninstall", "foo")
-    assert (gone.code, gone.err.strip()) == (1, "dockerkernel: " + errors.KERNELSPEC_NOT_FOUND.format(name="foo"))
+    assert (gone.code, gone.err.strip()) == (
+        1,
+        "dockerkernel: " + errors.KERNELSPEC_NOT_FOUND.format(name="foo"),
+    )
 
 
 def test_presets_command_lists_every_preset(dockerkernel: Any) -> None:
@@ -125,9 +163,15 @@ def test_presets_command_lists_every_preset(dockerkernel: Any) -> None:
     [
         (["install"], errors.INSTALL_NEEDS_IMAGE),
         (["install", "no-such-preset"], "Unknown preset 'no-such-preset': choose one of"),
-        (["install", "--image", "a/b", "--name", "my kernel"], errors.INVALID_KERNEL_NAME.format(name="my kernel")),
+        (
+            ["install", "--image", "a/b", "--name", "my kernel"],
+            errors.INVALID_KERNEL_NAME.format(name="my kernel"),
+        ),
         (["install", "--image", "a/b", "--name", "ünï"], errors.INVALID_KERNEL_NAME.format(name="ünï")),
-        (["install", "--image", "a/b", "--gpus", "lots"], "Invalid dockerkernel setting in kernelspec 'a-b': invalid gpus value"),
+        (
+            ["install", "--image", "a/b", "--gpus", "lots"],
+            "Invalid dockerkernel setting in kernelspec 'a-b': invalid gpus value",
+        ),
         (["install", "--image", "a/b", "--env", "NOVALUE"], errors.INVALID_ENV.format(value="NOVALUE")),
         (["install", "--image", "Bad Image"], "invalid image name 'Bad Image'"),
         (["install", "--image", "a/b", "--volume", "relative:/x"], "invalid volume 'relative:/x'"),
@@ -144,7 +188,9 @@ def test_errors_are_not_tracebacks_in_a_real_process(tmp_path: Path) -> None:
     env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
     result = subprocess.run(
         [sys.executable, "-m", "dockerkernel", "install", "--image", "a/b", "--name", "x"],
-        capture_output=True, text=True, env=env,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == "dockerkernel: " + errors.DOCKER_UNREACHABLE.format(
@@ -155,15 +201,33 @@ def test_errors_are_not_tracebacks_in_a_real_process(tmp_path: Path) -> None:
 
 def test_wheel_ships_every_preset(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
     )
     (wheel,) = tmp_path.glob("dockerkernel-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for preset in (ROOT / "kernelspecs").iterdir():
         if preset.is_dir() and (preset / "kernel.json").exists():
             assert f"dockerkernel/presets/{preset.name}/kernel.json" in names
-    entry_points = zipfile.ZipFile(wheel).read(
-        next(n for n in names if n.endswith("entry_points.txt"))
-    ).decode()
+    entry_points = (
+        zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    )
     assert "docker-provisioner = dockerkernel.provisioner:DockerProvisioner" in entry_points
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in DockerSettings.setting_names():
+        assert f"| `{name}` |" in readme, f"README's configuration table lacks {name}"

@@ -33,7 +33,9 @@ async def test_executes_code(kernel_name: str, start_kernel: Any, notebook_dir: 
     assert (reply.status, reply.stdout) == ("ok", "42\n")
 
 
-async def test_runs_in_the_notebook_directory(kernel_name: str, start_kernel: Any, notebook_dir: Path) -> None:
+async def test_runs_in_the_notebook_directory(
+    kernel_name: str, start_kernel: Any, notebook_dir: Path
+) -> None:
     # cwd arrives as a pathlib.Path from some clients.
     kernel = await start_kernel(kernel_name, cwd=notebook_dir)
     reply = await kernel.execute("import os\nprint(os.getcwd())\nprint(open('data.txt').read().strip())")
@@ -52,7 +54,9 @@ async def test_written_file_belongs_to_the_invoking_user(
     assert (written.stat().st_uid, written.stat().st_gid) == (os.getuid(), os.getgid())
 
 
-async def test_interrupt_raises_keyboard_interrupt(kernel_name: str, start_kernel: Any, notebook_dir: Path) -> None:
+async def test_interrupt_raises_keyboard_interrupt(
+    kernel_name: str, start_kernel: Any, notebook_dir: Path
+) -> None:
     kernel = await start_kernel(kernel_name, cwd=str(notebook_dir))
     msg_id = kernel.kc.execute("import time; time.sleep(60)")
     # Interrupt once the kernel is busy with the cell.
@@ -92,7 +96,10 @@ async def test_shutdown_leaves_no_container(
     container_id = kernel.container_id
     assert docker_client.containers.get(container_id).status == "running"
     await kernel.shutdown()
-    assert docker_client.containers.list(all=True, filters={"label": f"{LABEL_KERNEL_ID}={kernel.km.kernel_id}"}) == []
+    assert (
+        docker_client.containers.list(all=True, filters={"label": f"{LABEL_KERNEL_ID}={kernel.km.kernel_id}"})
+        == []
+    )
 
 
 async def test_kernel_without_the_provisioner_runs_in_the_same_container(
@@ -106,7 +113,9 @@ async def test_kernel_without_the_provisioner_runs_in_the_same_container(
     kc.start_channels()
     try:
         await kc.wait_for_ready(timeout=60)
-        reply = await kc.execute_interactive("import os; print(os.path.exists('/dockerkernel/run/kernel.json'))", timeout=30)
+        reply = await kc.execute_interactive(
+            "import os; print(os.path.exists('/dockerkernel/run/kernel.json'))", timeout=30
+        )
         assert reply["content"]["status"] == "ok"
         containers = docker_client.containers.list(filters={"label": LABEL_KERNEL_ID})
         assert [c.labels["org.dockerkernel.kernelspec"] for c in containers] == [kernel_name]
@@ -138,7 +147,10 @@ async def test_gpu_request_without_nvidia_runtime_is_a_clear_error(
 
 
 async def test_unknown_image_is_a_clear_error(
-    install_test_kernel: Any, dockerkernel: Any, docker_client: docker.DockerClient, no_leftovers: None,
+    install_test_kernel: Any,
+    dockerkernel: Any,
+    docker_client: docker.DockerClient,
+    no_leftovers: None,
     notebook_dir: Path,
 ) -> None:
     # A registry on a closed local port fails at once; Docker Hub is not reachable here either.

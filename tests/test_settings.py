@@ -19,8 +19,14 @@ from dockerkernel.settings import DockerSettings, parse_gpus, parse_volume
 @pytest.mark.parametrize(
     ("given", "normalised"),
     [
-        ("none", "none"), ("", "none"), ("0", "none"), ("all", "all"), ("ALL", "all"),
-        ("2", "2"), ("device=0,1", "device=0,1"), ("0,1", "device=0,1"),
+        ("none", "none"),
+        ("", "none"),
+        ("0", "none"),
+        ("all", "all"),
+        ("ALL", "all"),
+        ("2", "2"),
+        ("device=0,1", "device=0,1"),
+        ("0,1", "device=0,1"),
         ("device=GPU-3a4b", "device=gpu-3a4b"),
     ],
 )
@@ -66,7 +72,9 @@ def test_invalid_settings_are_rejected(setting: str, value: Any, message: str) -
 def test_make_settings_names_the_kernelspec() -> None:
     with pytest.raises(DockerKernelError) as info:
         make_settings(DockerSettings, {"gpus": "lots"}, "my-kernel")
-    assert str(info.value).startswith("Invalid dockerkernel setting in kernelspec 'my-kernel': invalid gpus value")
+    assert str(info.value).startswith(
+        "Invalid dockerkernel setting in kernelspec 'my-kernel': invalid gpus value"
+    )
 
 
 def test_unknown_setting_names_the_key() -> None:
@@ -96,7 +104,9 @@ def test_kernelspec_config_overrides_server_config_which_overrides_defaults() ->
     server = Config()
     server.DockerProvisioner.gpus = "all"
     server.DockerProvisioner.shm_size = "1g"
-    provisioner = DockerProvisioner(kernel_id="1", kernel_spec=_spec(), config=server, image="img", gpus="none")
+    provisioner = DockerProvisioner(
+        kernel_id="1", kernel_spec=_spec(), config=server, image="img", gpus="none"
+    )
     assert (provisioner.gpus, provisioner.shm_size, provisioner.image) == ("none", "1g", "img")
     assert provisioner.pull_policy == "missing"  # the default
 

@@ -23,16 +23,29 @@ from dockerkernel.spec import (
 )
 
 CONNECTION = {
-    "transport": "tcp", "ip": "127.0.0.1", "key": b"secret-key", "signature_scheme": "hmac-sha256",
-    "shell_port": 50001, "iopub_port": 50002, "stdin_port": 50003, "hb_port": 50004, "control_port": 50005,
+    "transport": "tcp",
+    "ip": "127.0.0.1",
+    "key": b"secret-key",
+    "signature_scheme": "hmac-sha256",
+    "shell_port": 50001,
+    "iopub_port": 50002,
+    "stdin_port": 50003,
+    "hb_port": 50004,
+    "control_port": 50005,
 }
 OWNER = Owner(host="host", pid=123, started="1.00")
 
 
 def plan(settings: DockerSettings | None = None, **kwargs: Any) -> ContainerPlan:
     args: dict[str, Any] = dict(
-        kernel_id="kid", kernel_name="spec", connection_info=CONNECTION, cwd="/home/me/notebooks",
-        spec_env={}, launch_env={}, owner=OWNER, host_ids=(1000, 100),
+        kernel_id="kid",
+        kernel_name="spec",
+        connection_info=CONNECTION,
+        cwd="/home/me/notebooks",
+        spec_env={},
+        launch_env={},
+        owner=OWNER,
+        host_ids=(1000, 100),
     )
     args.update(kwargs)
     return plan_container(settings or DockerSettings(image="img"), **args)
@@ -74,8 +87,12 @@ def test_notebook_directory_is_mounted_at_its_own_path_and_is_the_working_direct
 
 @pytest.mark.parametrize(
     ("user", "expected", "owner"),
-    [("host", "1000:100", (1000, 100)), ("2000", "2000:2000", (2000, 2000)), ("2000:3", "2000:3", (2000, 3)),
-     ("image", None, None)],
+    [
+        ("host", "1000:100", (1000, 100)),
+        ("2000", "2000:2000", (2000, 2000)),
+        ("2000:3", "2000:3", (2000, 3)),
+        ("image", None, None),
+    ],
 )
 def test_user(user: str, expected: str | None, owner: tuple[int, int] | None) -> None:
     p = plan(DockerSettings(image="img", user=user))
@@ -84,14 +101,22 @@ def test_user(user: str, expected: str | None, owner: tuple[int, int] | None) ->
 
 
 def test_environment_is_an_allow_list() -> None:
-    launch_env = {"JPY_SESSION_NAME": "/nb/a.ipynb", "JPY_PARENT_PID": "1", "PATH": "/host/bin", "AWS_SECRET": "x"}
+    launch_env = {
+        "JPY_SESSION_NAME": "/nb/a.ipynb",
+        "JPY_PARENT_PID": "1",
+        "PATH": "/host/bin",
+        "AWS_SECRET": "x",
+    }
     kwargs = plan(
         DockerSettings(image="img", environment={"FROM_CONFIG": "1"}),
         spec_env={"FROM_SPEC": "2"},
         launch_env=launch_env,
     ).create_kwargs
     assert kwargs["environment"] == {
-        "JPY_SESSION_NAME": "/nb/a.ipynb", "HOME": "/dockerkernel/home", "FROM_SPEC": "2", "FROM_CONFIG": "1",
+        "JPY_SESSION_NAME": "/nb/a.ipynb",
+        "HOME": "/dockerkernel/home",
+        "FROM_SPEC": "2",
+        "FROM_CONFIG": "1",
     }
 
 
@@ -104,7 +129,10 @@ def test_image_user_keeps_the_image_home() -> None:
     [
         ("all", {"Driver": "", "Count": -1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}),
         ("2", {"Driver": "", "Count": 2, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}),
-        ("device=0,3", {"Driver": "", "Count": 0, "DeviceIDs": ["0", "3"], "Capabilities": [["gpu"]], "Options": {}}),
+        (
+            "device=0,3",
+            {"Driver": "", "Count": 0, "DeviceIDs": ["0", "3"], "Capabilities": [["gpu"]], "Options": {}},
+        ),
     ],
 )
 def test_gpus_become_device_requests(gpus: str, request_: dict[str, Any]) -> None:

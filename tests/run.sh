@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs and starts what the tests need
+# on a fresh Debian machine, then runs pytest with any arguments given.
+#
+#   bash tests/run.sh [PYTEST_ARGS...]
+#
+# As root it installs Debian packages (docker.io, debootstrap, python3-venv),
+# starts dockerd if no engine answers and creates an ordinary user in the
+# docker group for the non-root test. The test virtualenv, built with Debian's
+# Python so that that user can run it too, and the image build caches live in
+# $DOCKERKERNEL_TEST_CACHE; reruns reuse them.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ "$(id -u)" = 0 ]; then
+    default_cache=/var/cache/dockerkernel-test
+else
+    default_cache=${XDG_CACHE_HOME:-$HOME/.cache}/dockerkernel-test
+fi
+export DOCKERKERNEL_TEST_CACHE=${DOCKERKERNEL_TEST_CACHE:-$default_cache}
+venv=${DOCKERKERNEL_TEST_VENV:-$DOCKERKERNEL_TEST_CACHE/venv}
+export DOCKERKERNEL_TEST_USER=${DOCKERKERNEL_TEST_USER:-dktester}
+
+log() { printf '[run] %s\n' "$*" >&2; }
+as_root() {
+    if [ "$(id -u)" != 0 ]; then
+        log "$1 is needed: run this script as root once, or set it up yourself."
+        exit 1
+    fi
+}
+
+missing=()
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+    as_root "the Debian packages ${missing[*]}"
+    log "installing ${missing[*]}"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+    as_root "a running Docker engine"
+    log "starting dockerd"
+    nohup dockerd >/var/log/dockerd-tests.log 2>&1 &
+    if ! timeout 60 bash -c 'until docker info >/dev/null 2>&1; do sleep 0.2; done'; then
+        tail -20 /var/log/dockerd-tests.log >&2
+        log "dockerd did not come up"
+        exit 1
+    fi
+fi
+
+if [ "$(id -u)" = 0 ]; then
+    id -u "$DOCKERKERNEL_TEST_USER" >/dev/null 2>&1 || useradd --create-home "$DOCKERKERNEL_TEST_USER"
+    usermod -aG docker "$DOCKERKERNEL_TEST_USER"
+fi
+
+mkdir -p "$DOCKERKERNEL_TEST_CACHE"
+if [ ! -x "$venv/bin/python" ]; then
+    log "creating the test virtualenv in $venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip 2> >(grep -v "is ignored: it is neither" >&2)
+fi
+log "installing dockerkernel and its test requirements"
+"$venv/bin/pip" install -q ".[test]" 2> >(grep -v "is ignored: it is neither" >&2)
+
+PATH="$venv/bin:$PATH" bash tests/images/build.sh
+
+log "running the tests"
+# pytest (not python -m pytest), so that the installed package is tested, not the source tree.
+exec "$venv/bin/pytest" -p no:cacheprovider -rs "$@"
