@@ -6,18 +6,23 @@ Python 2.7 image (ipykernel 4.10), both installed with the CLI.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
+from jupyter_client.connect import write_connection_file
 from jupyter_client.manager import AsyncKernelManager
 
 from dockerkernel import errors
 from dockerkernel.errors import DockerKernelError
-from dockerkernel.spec import LABEL_KERNEL_ID
+from dockerkernel.spec import LABEL_KERNEL_ID, LABEL_OWNER_PID
 
 pytestmark = pytest.mark.docker
 
@@ -130,10 +135,10 @@ async def test_kernel_without_the_provisioner_runs_in_the_same_container(
         kc.stop_channels()
         await km.shutdown_kernel()
     # The launcher removes its container when the kernel exits.
-    deadline = time.monotonic() + 30
-    while docker_client.containers.list(all=True, filters={"label": LABEL_KERNEL_ID}):
-        assert time.monotonic() < deadline, "the launcher left its container behind"
-        await __import__("asyncio").sleep(0.1)
+    await wait_until(
+        lambda: not docker_client.containers.list(all=True, filters={"label": LABEL_KERNEL_ID}),
+        what="the launcher to remove its container",
+    )
 
 
 async def test_gpu_request_without_nvidia_runtime_is_a_clear_error(
@@ -169,3 +174,80 @@ async def test_install_refuses_an_image_that_cannot_be_pulled(dockerkernel: Any,
     assert result.code == 1
     assert "Docker image '127.0.0.1:9/no/such-image:1' could not be pulled" in result.err
     assert dockerkernel("list").out.startswith("No dockerkernel kernelspecs")
+
+
+async def wait_until(condition: Any, timeout: float = 30, what: str = "condition") -> None:
+    """Poll ``condition`` until it is true, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_environment_is_an_allow_list(
+    install_test_kernel: Any, start_kernel: Any, notebook_dir: Path, docker_client: docker.DockerClient
+) -> None:
+    name = install_test_kernel("py3", "--env", "FROM_SPEC=yes")
+    server_env = {**os.environ, "JPY_SESSION_NAME": "/nb/a.ipynb", "AWS_SECRET_ACCESS_KEY": "hunter2"}
+    kernel = await start_kernel(name, cwd=str(notebook_dir), env=server_env)
+    reply = await kernel.execute("import os, json; print(json.dumps(dict(os.environ)))")
+    env = json.loads(reply.stdout)
+    assert env["JPY_SESSION_NAME"] == "/nb/a.ipynb"
+    assert env["FROM_SPEC"] == "yes"
+    assert "AWS_SECRET_ACCESS_KEY" not in env and "JPY_PARENT_PID" not in env
+    assert "hunter2" not in json.dumps(docker_client.api.inspect_container(kernel.container_id))
+
+
+async def test_host_network(install_test_kernel: Any, start_kernel: Any, notebook_dir: Path) -> None:
+    name = install_test_kernel("py3", "--network", "host")
+    kernel = await start_kernel(name, cwd=str(notebook_dir))
+    assert (await kernel.execute("print('on the host network')")).status == "ok"
+
+
+async def test_prune_removes_only_containers_whose_owner_is_gone(
+    install_test_kernel: Any,
+    start_kernel: Any,
+    notebook_dir: Path,
+    docker_client: docker.DockerClient,
+    dockerkernel: Any,
+    jupyter_dirs: Path,
+    tmp_path: Path,
+) -> None:
+    name = install_test_kernel("py3")
+    live = await start_kernel(name, cwd=str(notebook_dir))
+
+    # An orphan: a launcher killed with SIGKILL cannot remove its container.
+    connection_file = str(tmp_path / "kernel-orphan.json")
+    write_connection_file(connection_file, ip="127.0.0.1", key=b"orphan-key")
+    spec_dir = str(jupyter_dirs / "data" / "kernels" / name)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "dockerkernel", "launch", "--spec-dir", spec_dir, "-f", connection_file],
+        cwd=notebook_dir,
+    )
+
+    def orphans() -> list[Any]:
+        return docker_client.containers.list(filters={"label": f"{LABEL_OWNER_PID}={launcher.pid}"})
+
+    await wait_until(lambda: orphans(), what="the launcher's container")
+    launcher.kill()
+    launcher.wait()
+    orphan = orphans()[0]
+
+    rows = {row["container"]: row for row in json.loads(dockerkernel("ps", "--json").out)}
+    assert rows[orphan.short_id]["owner"] == "gone"
+    assert rows[docker_client.containers.get(live.container_id).short_id]["owner"] == "running"
+
+    assert dockerkernel("prune").out == "Removed 1 kernel container whose owner is gone.\n"
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(orphan.id)
+    assert (await live.execute("print('untouched')")).stdout == "untouched\n"
+
+
+async def test_unknown_kernelspec_key_is_an_error_naming_it(dockerkernel: Any, jupyter_dirs: Path) -> None:
+    assert dockerkernel("install", "--image", "a/b", "--name", "typo", "--no-pull").code == 0
+    spec_file = jupyter_dirs / "data" / "kernels" / "typo" / "kernel.json"
+    spec = json.loads(spec_file.read_text())
+    spec["metadata"]["kernel_provisioner"]["config"]["gpu"] = "all"
+    spec_file.write_text(json.dumps(spec))
+    with pytest.raises(DockerKernelError, match="Unknown dockerkernel setting 'gpu' in kernelspec 'typo'"):
+        await AsyncKernelManager(kernel_name="typo").start_kernel()

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_ruff() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "dockerkernel", "tests"],
+        [sys.executable, "-m", "ruff", "check", "dockerkernel", "tests", "benchmarks"],
         cwd=ROOT,
         capture_output=True,
         text=True,
