@@ -25,6 +25,8 @@ from .spec import PORT_NAMES, ContainerPlan, plan_container
 
 T = TypeVar("T")
 
+_MANAGER_KWARGS = ("kernel_id", "kernel_spec", "parent", "config", "log")
+
 # The Docker SDK blocks, so every call runs in these threads, never on the
 # server's event loop. A pool of its own keeps long pulls from starving the
 # loop's default executor, which the server uses for other work.
@@ -51,15 +53,11 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     def __init__(self, **kwargs: Any) -> None:
         spec = kwargs.get("kernel_spec")
         name = getattr(spec, "name", "") or os.path.basename(getattr(spec, "resource_dir", "") or "?")
-        config = {
-            k: v
-            for k, v in kwargs.items()
-            if k not in ("kernel_id", "kernel_spec", "parent", "config", "log")
-        }
-        base = {k: v for k, v in kwargs.items() if k not in config}
+        # jupyter_client passes the kernelspec's config as keyword arguments, beside its own.
+        config = {k: v for k, v in kwargs.items() if k not in _MANAGER_KWARGS}
         check_setting_names(config, name)
         try:
-            super().__init__(**base, **config)
+            super().__init__(**kwargs)
         except TraitError as e:
             raise DockerKernelError(errors.INVALID_SETTING.format(kernel=name, reason=e)) from e
         self.kernel_name = name
