@@ -171,28 +171,28 @@ def _gpus_text(requests_: Any) -> str:
     return "none"
 
 
+@contextmanager
+def _gone_is_fine() -> Iterator[None]:
+    """Ignore 404 (no such container) and 409 (not running, or a removal in progress)."""
+    try:
+        yield
+    except NotFound:
+        pass
+    except APIError as e:
+        if e.status_code != 409:
+            raise
+
+
 def signal_container(client: docker.DockerClient, container_id: str, signum: int) -> None:
     """Send a signal to the kernel; a container that has exited or is gone is fine."""
-    with _daemon_errors():
-        try:
-            client.api.kill(container_id, signal=signum)
-        except NotFound:
-            pass
-        except APIError as e:
-            if e.status_code != 409:  # 409: the container is not running
-                raise
+    with _daemon_errors(), _gone_is_fine():
+        client.api.kill(container_id, signal=signum)
 
 
 def remove_container(client: docker.DockerClient, container_id: str) -> None:
     """Remove a kernel container, running or not; one already gone is fine."""
-    with _daemon_errors():
-        try:
-            client.api.remove_container(container_id, force=True)
-        except NotFound:
-            pass
-        except APIError as e:
-            if e.status_code != 409:  # 409: a removal is already in progress
-                raise
+    with _daemon_errors(), _gone_is_fine():
+        client.api.remove_container(container_id, force=True)
 
 
 def wait_container(container_id: str, api_version: str) -> int:

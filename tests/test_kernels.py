@@ -251,3 +251,20 @@ async def test_unknown_kernelspec_key_is_an_error_naming_it(dockerkernel: Any, j
     spec_file.write_text(json.dumps(spec))
     with pytest.raises(DockerKernelError, match="Unknown dockerkernel setting 'gpu' in kernelspec 'typo'"):
         await AsyncKernelManager(kernel_name="typo").start_kernel()
+
+
+async def test_signals_to_an_exited_or_removed_container_are_harmless(
+    install_test_kernel: Any, start_kernel: Any, notebook_dir: Path, docker_client: docker.DockerClient
+) -> None:
+    """KernelManager interrupts before every shutdown, also after a crash: Docker's 409 and 404 are fine."""
+    kernel = await start_kernel(install_test_kernel("py3"), cwd=str(notebook_dir))
+    kernel.kc.execute("import os; os._exit(1)")
+    exit_status = kernel.km.provisioner._exit
+    await asyncio.wait_for(asyncio.wrap_future(exit_status), timeout=30)
+    assert exit_status.result() == 1
+    assert not await kernel.km.is_alive()
+    await kernel.km.interrupt_kernel()  # 409: the container is not running
+    docker_client.containers.get(kernel.container_id).remove()
+    await kernel.km.provisioner.terminate()  # 404: the container is gone
+    await kernel.km.shutdown_kernel(now=True)
+    assert kernel.container_id is None
