@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Any
 
 import docker
 import psutil
@@ -156,19 +155,10 @@ def start_container(client: docker.DockerClient, plan: ContainerPlan) -> str:
 def _start_error(plan: ContainerPlan, e: APIError) -> DockerKernelError:
     reason = _reason(e)
     if "could not select device driver" in reason and "gpu" in reason:
-        gpus = plan.create_kwargs.get("device_requests")
-        return DockerKernelError(errors.GPUS_UNAVAILABLE.format(gpus=_gpus_text(gpus)))
+        return DockerKernelError(errors.GPUS_UNAVAILABLE.format(gpus=plan.gpus))
     if isinstance(e, ImageNotFound):
         return DockerKernelError(errors.IMAGE_UNAVAILABLE.format(image=plan.image, reason=reason))
     return DockerKernelError(errors.CONTAINER_START_FAILED.format(image=plan.image, reason=reason))
-
-
-def _gpus_text(requests_: Any) -> str:
-    for r in requests_ or []:
-        if r.get("DeviceIDs"):
-            return "device=" + ",".join(r["DeviceIDs"])
-        return "all" if r.get("Count") == -1 else str(r.get("Count"))
-    return "none"
 
 
 @contextmanager

@@ -67,6 +67,7 @@ class ContainerPlan:
     create_kwargs: dict[str, Any]
     connection: dict[str, Any]
     file_owner: tuple[int, int] | None  # uid, gid of the files copied in; None: any user
+    gpus: str  # the normalised gpus setting, for error messages
 
     @property
     def image(self) -> str:
@@ -199,6 +200,7 @@ def plan_container(
         create_kwargs=kwargs,
         connection=container_connection(connection_info, settings.network),
         file_owner=ids,
+        gpus=settings.gpus,
     )
 
 
