@@ -161,6 +161,18 @@ def _start_error(plan: ContainerPlan, e: APIError) -> DockerKernelError:
     return DockerKernelError(errors.CONTAINER_START_FAILED.format(image=plan.image, reason=reason))
 
 
+def run_kernel_container(plan: ContainerPlan, pull_policy: str) -> tuple[str, Future[int]]:
+    """Pull the image as ``pull_policy`` says, start the planned container and watch it.
+
+    The whole start, shared by the provisioner (in a worker thread) and the
+    launcher. Returns the container id and a future for its exit status.
+    """
+    client = get_client()
+    ensure_image(client, plan.image, pull_policy)
+    container_id = start_container(client, plan)
+    return container_id, watch_container(container_id, client.api.api_version)
+
+
 @contextmanager
 def _gone_is_fine() -> Iterator[None]:
     """Ignore 404 (no such container) and 409 (not running, or a removal in progress)."""

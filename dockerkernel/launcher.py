@@ -58,11 +58,9 @@ def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] =
         extra_arguments=extra_arguments,
         owner=docker_ops.this_process_owner(),
     )
+    container_id, exit_status = docker_ops.run_kernel_container(plan, settings.pull_policy)
     client = docker_ops.get_client()
-    docker_ops.ensure_image(client, settings.image, settings.pull_policy)
-    container_id = docker_ops.start_container(client, plan)
     try:
-        exit_status = docker_ops.watch_container(container_id, client.api.api_version)
 
         def forward(signum: int, frame: FrameType | None) -> None:
             docker_ops.signal_container(client, container_id, signum)

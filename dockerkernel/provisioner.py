@@ -144,12 +144,12 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         in-container command already in the plan.
         """
         assert self._plan is not None, "pre_launch() plans the container"
-        client = await _in_thread(docker_ops.get_client)
-        await _in_thread(docker_ops.ensure_image, client, self.image, self.pull_policy)
-        self.container_id = await _in_thread(docker_ops.start_container, client, self._plan)
-        self._exit = docker_ops.watch_container(self.container_id, client.api.api_version)
+        container_id, self._exit = await _in_thread(
+            docker_ops.run_kernel_container, self._plan, self.pull_policy
+        )
+        self.container_id = container_id
         self.log.info(
-            "Kernel %s runs in container %s (image %s)", self.kernel_id, self.container_id[:12], self.image
+            "Kernel %s runs in container %s (image %s)", self.kernel_id, container_id[:12], self.image
         )
         return self.connection_info
 
