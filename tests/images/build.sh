@@ -5,22 +5,32 @@
 #
 #   tests/images/build.sh [NAME...]     (default: every folder here with an image.conf)
 #
+# An image.conf either names a Debian suite and packages (the image starts from a
+# debootstrap root filesystem) or a parent image folder (the image adds its
+# packages on top of dockerkernel-test/PARENT).
+#
 # Images are tagged dockerkernel-test/NAME and labelled with a hash of their
-# inputs (this script, the Dockerfile, the image's folder): a rerun with the same
-# inputs finds the image and does nothing. Downloads are cached in $CACHE.
+# inputs (this script, the Dockerfile, the image's folder and its parent's): a
+# rerun with the same inputs finds the image and does nothing. Downloads are
+# cached in $CACHE.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${DOCKERKERNEL_TEST_CACHE:-/var/cache/dockerkernel-test}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+LOCAL_WHEELS=${DOCKERKERNEL_TEST_WHEELS:-/opt/wheels}
 label=org.dockerkernel.test.inputs
 
 log() { printf '[images] %s\n' "$*" >&2; }
 
 inputs_hash() {
-    (cd "$here" && cat build.sh Dockerfile && find "$1" -type f | LC_ALL=C sort | xargs cat) \
-        | sha256sum | cut -c1-16
+    local parent; parent=$(conf "$1" parent)
+    (cd "$here" && cat build.sh Dockerfile && find "$1" -type f | LC_ALL=C sort | xargs cat \
+        && if [ -n "$parent" ]; then inputs_hash "$parent"; fi) | sha256sum | cut -c1-16
 }
+
+# conf NAME KEY: one setting of NAME/image.conf.
+conf() { (source "$here/$1/image.conf"; eval "echo \"\${$2:-}\""); }
 
 # rootfs SUITE PACKAGES: a cached tarball of a minimal Debian with PACKAGES.
 rootfs() {
@@ -45,7 +55,9 @@ wheels() {
     if [ ! -d "$cached" ]; then
         log "downloading Python packages for $name"
         local tmp="$cached.tmp"; rm -rf "$tmp"
-        python3 -m pip download -q --no-deps --only-binary=:all: "${pip_target[@]}" \
+        local links=()  # wheels kept on the machine, such as a CPU build of torch
+        if [ -d "$LOCAL_WHEELS" ]; then links=(--find-links "$LOCAL_WHEELS"); fi
+        python3 -m pip download -q --no-deps --only-binary=:all: "${pip_target[@]}" "${links[@]}" \
             -d "$tmp" $(for f in "$src"/*requirements.txt; do echo -r "$f"; done) 2> >(grep -v "is ignored: it is neither" >&2)
         if [ -f "$src/sdists.txt" ]; then
             python3 -m pip download -q --no-deps --no-binary=:all: -d "$tmp" -r "$src/sdists.txt" 2> >(grep -v "is ignored: it is neither" >&2)
@@ -63,18 +75,26 @@ build() {
         return
     fi
     # shellcheck source=/dev/null
-    local suite packages python pip_target; source "$here/$name/image.conf"
-    local tarball base="dockerkernel-test/rootfs-$name:$hash" ctx
-    tarball=$(rootfs "$suite" "$packages")
-    docker import "$tarball" "$base" >/dev/null
+    local suite packages parent="" python pip_target; source "$here/$name/image.conf"
+    local base ctx
+    if [ -n "$parent" ]; then
+        build "$parent"
+        base="dockerkernel-test/$parent"
+    else
+        base="dockerkernel-test/rootfs-$name:$hash"
+        docker import "$(rootfs "$suite" "$packages")" "$base" >/dev/null
+    fi
     ctx=$(mktemp -d); mkdir "$ctx/wheels"
     wheels "$name" "$ctx/wheels"
     cp "$here/Dockerfile" "$ctx/"
     log "building $image"
     docker build -q --force-rm --build-arg BASE="$base" --build-arg PYTHON="$python" \
-        --label "$label=$hash" -t "$image" "$ctx" >/dev/null
+        --label "$label=$hash" -t "$image" "$ctx" >/dev/null \
+        2> >(grep -v -E 'legacy builder is deprecated|the buildx component|go/buildx|^\s*$' >&2)
     rm -rf "$ctx"
-    docker rmi -f "$base" >/dev/null
+    if [ -z "$parent" ]; then docker rmi -f "$base" >/dev/null; fi
+    # The image this one replaced, now untagged.
+    docker image prune -f --filter "label=$label" >/dev/null
     log "$image built ($(docker run --rm "$image" "$python" -c 'import ipykernel; print(ipykernel.__version__)'))"
 }
 
