@@ -110,7 +110,10 @@ async def test_shutdown_leaves_no_container(
 async def test_kernel_without_the_provisioner_runs_in_the_same_container(
     kernel_name: str, notebook_dir: Path, docker_client: docker.DockerClient, no_leftovers: None
 ) -> None:
-    """A client that ignores kernel_provisioner runs the kernelspec's argv: the launcher."""
+    """A client that ignores kernel_provisioner runs the kernelspec's argv: the launcher.
+
+    Start, interrupt, restart and shutdown behave as with the provisioner.
+    """
     km = AsyncKernelManager(kernel_name=kernel_name)
     km.kernel_spec.metadata.pop("kernel_provisioner")  # as such a client would
     await km.start_kernel(cwd=str(notebook_dir))
@@ -131,6 +134,16 @@ async def test_kernel_without_the_provisioner_runs_in_the_same_container(
         await km.interrupt_kernel()
         reply = await kc.get_shell_msg(timeout=5)
         assert (reply["parent_header"]["msg_id"], reply["content"]["ename"]) == (msg_id, "KeyboardInterrupt")
+
+        # Restart: a new launcher, a new container, the old one removed, the state gone.
+        assert (await kc.execute_interactive("x = 1", timeout=30))["content"]["status"] == "ok"
+        [before] = docker_client.containers.list(filters={"label": LABEL_KERNEL_ID})
+        await km.restart_kernel()
+        await kc.wait_for_ready(timeout=60)
+        reply = await kc.execute_interactive("x", timeout=30)
+        assert reply["content"]["ename"] == "NameError"
+        [after] = docker_client.containers.list(all=True, filters={"label": LABEL_KERNEL_ID})
+        assert after.id != before.id
     finally:
         kc.stop_channels()
         await km.shutdown_kernel()
