@@ -21,8 +21,11 @@ from jupyter_client.manager import AsyncKernelManager
 from dockerkernel.cli import main as cli_main
 from dockerkernel.spec import LABEL_KERNEL_ID
 
-IMAGES = {"py3": "dockerkernel-test/py3", "py2": "dockerkernel-test/py2"}
-PYTHONS = {"py3": "python3", "py2": "python"}
+from servers import JupyterServer
+
+IMAGES = {"py3": "dockerkernel-test/py3", "py2": "dockerkernel-test/py2", "torch": "dockerkernel-test/torch"}
+PYTHONS = {"py3": "python3", "py2": "python", "torch": "python3"}
+FLAVOURS = list(IMAGES)
 
 
 @pytest.fixture(autouse=True)
@@ -125,6 +128,12 @@ def install_test_kernel(dockerkernel: Callable[..., CliResult]) -> Callable[...,
     return install
 
 
+@pytest.fixture
+def kernels(install_test_kernel: Callable[..., str], docker_client: docker.DockerClient) -> dict[str, str]:
+    """A kernelspec for each test image, shown as "Docker FLAVOUR"; their names by flavour."""
+    return {f: install_test_kernel(f, "--display-name", f"Docker {f}") for f in FLAVOURS}
+
+
 @dataclass
 class Reply:
     status: str
@@ -199,3 +208,23 @@ def notebook_dir(tmp_path: Path) -> Path:
     (path / "data.txt").write_text("data from the host\n")
     os.chmod(tmp_path / "notebooks", 0o755)
     return path
+
+
+@pytest.fixture
+async def jupyter_server(
+    no_leftovers: None, jupyter_dirs: Path, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    """Start real Jupyter server processes (``app``: jupyter_server or jupyterlab) serving ``root_dir``.
+
+    They are stopped with SIGTERM after the test, before ``no_leftovers`` looks for containers.
+    """
+    servers: list[JupyterServer] = []
+
+    async def start(root_dir: Path, app: str = "jupyter_server") -> JupyterServer:
+        log = tmp_path / f"{app}-{len(servers)}.log"
+        servers.append(JupyterServer(root_dir, jupyter_dirs / "runtime", log, app))
+        return await servers[-1].started()
+
+    yield start
+    for server in servers:
+        server.stop()
