@@ -1,0 +1,126 @@
+"""JupyterLab in a real browser: pick a Docker kernel, switch Python 2 -> 3, interrupt from the toolbar.
+
+Chromium is Debian's (/usr/bin/chromium), driven by Playwright. Screenshots go
+to $DOCKERKERNEL_TEST_ARTIFACTS (default: test-artifacts/). Every wait is on a
+condition in the page, with a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import nbformat
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+pytestmark = pytest.mark.docker
+
+CHROMIUM = os.environ.get("DOCKERKERNEL_TEST_CHROMIUM", "/usr/bin/chromium")
+# No background connections: this machine's network is closed, and the tests need none.
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+KERNEL_START = 60_000  # ms: a kernel start, image already present
+ARTIFACTS = Path(os.environ.get("DOCKERKERNEL_TEST_ARTIFACTS", "test-artifacts"))
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"these tests need Chromium at {CHROMIUM}; tests/run.sh installs Debian's chromium")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+def lab_settings(jupyter_dirs: Path) -> None:
+    """JupyterLab user settings: no news toast over the notebook."""
+    settings = jupyter_dirs / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
+
+
+async def pick_kernel(page: Page, display_name: str) -> None:
+    """Choose a kernel in the open "Select Kernel" dialog and wait until it is idle."""
+    dialog = page.locator(".jp-Dialog")
+    await dialog.locator("select").select_option(label=display_name)
+    await dialog.get_by_role("button", name="Select").click()
+    await expect(
+        page.locator(".jp-StatusBar-Widget").filter(has_text=f"{display_name} | Idle")
+    ).to_be_visible(timeout=KERNEL_START)
+
+
+async def run_cell(page: Page, index: int, code: str | None = None) -> None:
+    """Put ``code`` (if given) in cell ``index`` and run it with Shift+Enter."""
+    editor = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".cm-content")
+    await editor.click()
+    if code is not None:
+        await page.keyboard.press("ControlOrMeta+a")
+        await page.keyboard.type(code)
+    await page.keyboard.press("Shift+Enter")
+
+
+async def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / name)
+
+
+async def test_switch_kernels_and_interrupt_in_jupyterlab(
+    kernels: dict[str, str],
+    notebook_dir: Path,
+    jupyter_server: Any,
+    lab_settings: None,
+    browser: Browser,
+    docker_client: docker.DockerClient,
+) -> None:
+    notebook = nbformat.v4.new_notebook()  # no kernel recorded: JupyterLab asks for one
+    notebook.cells = [nbformat.v4.new_code_cell("")]
+    nbformat.write(notebook, notebook_dir / "switch.ipynb")
+    server = await jupyter_server(notebook_dir.parent, app="jupyterlab")
+
+    page = await browser.new_page(viewport={"width": 1280, "height": 720})
+    await page.goto(server.lab_url("project/switch.ipynb"))
+    first_output = page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".jp-OutputArea-output")
+    try:
+        await pick_kernel(page, "Docker py2")
+        await run_cell(page, 0, "import sys; print(sys.version)")
+        await expect(first_output).to_contain_text("2.7.", timeout=KERNEL_START)
+        await screenshot(page, "lab-python2.png")
+        [py2_container] = docker_client.containers.list(
+            filters={"label": f"org.dockerkernel.kernelspec={kernels['py2']}"}
+        )
+
+        # Switch from the kernel name in the notebook's toolbar.
+        await page.locator(".jp-NotebookPanel-toolbar").get_by_role("button", name="Docker py2").click()
+        await pick_kernel(page, "Docker py3")
+        await run_cell(page, 0)
+        await expect(first_output).to_contain_text("3.11.", timeout=KERNEL_START)
+        await screenshot(page, "lab-python3.png")
+        # The Python 2 kernel's container went with it.
+        with pytest.raises(docker.errors.NotFound):
+            py2_container.reload()
+
+        # Interrupt a long cell with the toolbar's button.
+        await run_cell(page, 1, "import time; time.sleep(60)")
+        await expect(
+            page.locator(".jp-StatusBar-Widget").filter(has_text="Docker py3 | Busy")
+        ).to_be_visible()
+        await page.get_by_role("button", name="Interrupt the kernel").click()
+        second_output = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-OutputArea-output")
+        await expect(second_output).to_contain_text("KeyboardInterrupt", timeout=10_000)
+        await expect(
+            page.locator(".jp-StatusBar-Widget").filter(has_text="Docker py3 | Idle")
+        ).to_be_visible()
+        await screenshot(page, "lab-interrupt.png")
+    except Exception:
+        await screenshot(page, "lab-failure.png")
+        print(server.log())
+        raise
