@@ -117,6 +117,7 @@ async def test_kernel_without_the_provisioner_runs_in_the_same_container(
     km = AsyncKernelManager(kernel_name=kernel_name)
     km.kernel_spec.metadata.pop("kernel_provisioner")  # as such a client would
     await km.start_kernel(cwd=str(notebook_dir))
+    this_kernel = f"{LABEL_KERNEL_ID}={km.kernel_id}"  # the launcher reads it from the connection file's name
     kc = km.client()
     kc.start_channels()
     try:
@@ -125,7 +126,7 @@ async def test_kernel_without_the_provisioner_runs_in_the_same_container(
             "import os; print(os.path.exists('/dockerkernel/run/kernel.json'))", timeout=30
         )
         assert reply["content"]["status"] == "ok"
-        containers = docker_client.containers.list(filters={"label": LABEL_KERNEL_ID})
+        containers = docker_client.containers.list(filters={"label": this_kernel})
         assert [c.labels["org.dockerkernel.kernelspec"] for c in containers] == [kernel_name]
 
         msg_id = kc.execute("import time; time.sleep(60)")
@@ -137,19 +138,19 @@ async def test_kernel_without_the_provisioner_runs_in_the_same_container(
 
         # Restart: a new launcher, a new container, the old one removed, the state gone.
         assert (await kc.execute_interactive("x = 1", timeout=30))["content"]["status"] == "ok"
-        [before] = docker_client.containers.list(filters={"label": LABEL_KERNEL_ID})
+        [before] = docker_client.containers.list(filters={"label": this_kernel})
         await km.restart_kernel()
         await kc.wait_for_ready(timeout=60)
         reply = await kc.execute_interactive("x", timeout=30)
         assert reply["content"]["ename"] == "NameError"
-        [after] = docker_client.containers.list(all=True, filters={"label": LABEL_KERNEL_ID})
+        [after] = docker_client.containers.list(all=True, filters={"label": this_kernel})
         assert after.id != before.id
     finally:
         kc.stop_channels()
         await km.shutdown_kernel()
     # The launcher removes its container when the kernel exits.
     await wait_until(
-        lambda: not docker_client.containers.list(all=True, filters={"label": LABEL_KERNEL_ID}),
+        lambda: not docker_client.containers.list(all=True, filters={"label": this_kernel}),
         what="the launcher to remove its container",
     )
 
