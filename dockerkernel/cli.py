@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__, docker_ops, errors, kernelspec
 from .errors import DockerKernelError
+from .pulls import PullBars
 from .settings import DEFAULT_KERNEL_CMD, DockerSettings
 from .spec import LABEL_KERNEL_ID, LABEL_KERNELSPEC
 
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the presets that `install` knows")
 
+    p = sub.add_parser("pull", help="pull the image of a kernelspec or preset, or any image, with progress")
+    p.add_argument("target", metavar="NAME|IMAGE", help="an installed kernelspec, a preset, or an image")
+
     p = sub.add_parser("ps", help="list kernel containers")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -135,8 +139,8 @@ def cmd_install(args: argparse.Namespace) -> int:
     prefix = sys.prefix if args.sys_prefix else args.prefix
     if not args.no_pull:
         # Pull before installing, so that a kernelspec is never left naming an image that cannot be had.
-        print(f"Making sure image {config['image']} is present...", file=sys.stderr)
-        docker_ops.ensure_image(docker_ops.get_client(), config["image"], "missing")
+        result = _pull(config["image"], "missing")
+        print(result or f"Image {config['image']} is present.", file=sys.stderr)
     path = kernelspec.install(
         name=name,
         display_name=display_name,
@@ -147,6 +151,23 @@ def cmd_install(args: argparse.Namespace) -> int:
         replace=args.replace,
     )
     print(f"Installed kernelspec {name} in {path}")
+    return 0
+
+
+def _pull(image: str, pull_policy: str) -> str | None:
+    """Pull ``image`` if ``pull_policy`` asks for it, with progress bars; the final line, if pulled."""
+    client = docker_ops.get_client()
+    if not docker_ops.needs_pull(client, image, pull_policy):
+        return None
+    with PullBars(image) as bars:
+        docker_ops.pull_image(client, image, bars)
+    return bars.progress.result()
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    images = {k.name: k.image for k in kernelspec.installed()}
+    images.update({name: p.config["image"] for name, p in kernelspec.presets().items() if name not in images})
+    print(_pull(images.get(args.target, args.target), "always"))
     return 0
 
 
@@ -238,6 +259,7 @@ COMMANDS = {
     "uninstall": cmd_uninstall,
     "list": cmd_list,
     "presets": cmd_presets,
+    "pull": cmd_pull,
     "ps": cmd_ps,
     "prune": cmd_prune,
     "launch": cmd_launch,
@@ -246,7 +268,9 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
+    # The launcher's log (a pull's progress, say) is the kernel's stderr: the client shows or keeps it.
+    level = logging.DEBUG if args.debug else logging.INFO if args.command == "launch" else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s")
     try:
         return COMMANDS[args.command](args)
     except DockerKernelError as e:

@@ -11,9 +11,10 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
+from typing import Any
 
 import docker
 import psutil
@@ -24,6 +25,7 @@ from docker.utils import kwargs_from_env, parse_repository_tag
 
 from . import errors
 from .errors import DockerKernelError
+from .pulls import PullLog
 from .spec import (
     LABEL_KERNEL_ID,
     LABEL_OWNER_HOST,
@@ -107,25 +109,57 @@ def owner_alive(labels: dict[str, str]) -> bool | None:
         return False
 
 
-def ensure_image(client: docker.DockerClient, image: str, pull_policy: str) -> None:
-    """Make sure ``image`` is present, pulling it as ``pull_policy`` says."""
+PullEvents = Callable[[dict[str, Any]], None]
+
+
+def needs_pull(client: docker.DockerClient, image: str, pull_policy: str) -> bool:
+    """Whether ``image`` must be pulled before a start, as ``pull_policy`` says.
+
+    With pull_policy 'never', an image that is not present is an error.
+    """
+    if pull_policy == "always":
+        return True
     with _daemon_errors():
-        if pull_policy != "always":
-            try:
-                client.images.get(image)
-                return
-            except ImageNotFound:
-                if pull_policy == "never":
-                    raise DockerKernelError(errors.IMAGE_NOT_PRESENT.format(image=image)) from None
-        repository, tag = parse_repository_tag(image)
-        log.info("Pulling Docker image %s", image)
         try:
-            if tag and tag.startswith("sha256:"):
-                client.images.pull(f"{repository}@{tag}")
-            else:
-                client.images.pull(repository, tag=tag or "latest")
+            client.images.get(image)
+            return False
+        except ImageNotFound:
+            if pull_policy == "never":
+                raise DockerKernelError(errors.IMAGE_NOT_PRESENT.format(image=image)) from None
+            return True
+
+
+def pull_image(client: docker.DockerClient, image: str, on_event: PullEvents | None = None) -> None:
+    """Pull ``image``, passing each of the engine's progress events to ``on_event``.
+
+    A pull of several GB takes as long as it takes: it runs on a connection of
+    its own with no read timeout. A failure, at the start or in the middle of
+    the stream, is an IMAGE_UNAVAILABLE error naming the image and the reason.
+    """
+    repository, tag = parse_repository_tag(image)
+    with _untimed_api(client.api.api_version) as api, _daemon_errors():
+        try:
+            for event in api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+                if "error" in event:
+                    reason = str(event["error"]).strip().splitlines()[0]
+                    raise DockerKernelError(errors.IMAGE_UNAVAILABLE.format(image=image, reason=reason))
+                if on_event is not None:
+                    on_event(event)
         except (APIError, requests.exceptions.RequestException) as e:
             raise DockerKernelError(errors.IMAGE_UNAVAILABLE.format(image=image, reason=_reason(e))) from e
+
+
+@contextmanager
+def _untimed_api(api_version: str) -> Iterator[docker.APIClient]:
+    """A low-level client of its own with no read timeout, for calls that may block for long."""
+    try:
+        api = docker.APIClient(version=api_version, timeout=None, **kwargs_from_env())
+    except DockerException as e:
+        raise DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=_reason(e))) from e
+    try:
+        yield api
+    finally:
+        api.close()
 
 
 def start_container(client: docker.DockerClient, plan: ContainerPlan) -> str:
@@ -161,14 +195,20 @@ def _start_error(plan: ContainerPlan, e: APIError) -> DockerKernelError:
     return DockerKernelError(errors.CONTAINER_START_FAILED.format(image=plan.image, reason=reason))
 
 
-def run_kernel_container(plan: ContainerPlan, pull_policy: str) -> tuple[str, Future[int]]:
+def run_kernel_container(
+    plan: ContainerPlan, pull_policy: str, pull_log: logging.Logger | logging.LoggerAdapter[Any] = log
+) -> tuple[str, Future[int]]:
     """Pull the image as ``pull_policy`` says, start the planned container and watch it.
 
     The whole start, shared by the provisioner (in a worker thread) and the
-    launcher. Returns the container id and a future for its exit status.
+    launcher. A pull's progress goes to ``pull_log``. Returns the container id
+    and a future for its exit status.
     """
     client = get_client()
-    ensure_image(client, plan.image, pull_policy)
+    if needs_pull(client, plan.image, pull_policy):
+        progress = PullLog(plan.image, pull_log)
+        pull_image(client, plan.image, progress)
+        progress.finished()
     container_id = start_container(client, plan)
     return container_id, watch_container(container_id, client.api.api_version)
 
@@ -205,16 +245,11 @@ def wait_container(container_id: str, api_version: str) -> int:
     Returns -1 when the container is gone or the daemon cannot be reached.
     """
     try:
-        api = docker.APIClient(version=api_version, timeout=None, **kwargs_from_env())
-    except DockerException:
-        return -1
-    try:
-        return int(api.wait(container_id)["StatusCode"])
-    except (DockerException, requests.exceptions.RequestException) as e:
+        with _untimed_api(api_version) as api:
+            return int(api.wait(container_id)["StatusCode"])
+    except (DockerKernelError, DockerException, requests.exceptions.RequestException) as e:
         log.debug("Waiting for container %s failed: %s", container_id[:12], e)
         return -1
-    finally:
-        api.close()
 
 
 def watch_container(container_id: str, api_version: str) -> Future[int]:

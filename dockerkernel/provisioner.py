@@ -145,7 +145,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         """
         assert self._plan is not None, "pre_launch() plans the container"
         container_id, self._exit = await _in_thread(
-            docker_ops.run_kernel_container, self._plan, self.pull_policy
+            docker_ops.run_kernel_container, self._plan, self.pull_policy, self.log
         )
         self.container_id = container_id
         self.log.info(

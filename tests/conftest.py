@@ -8,7 +8,12 @@ skipped: without Docker they fail, saying what to run.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,3 +233,67 @@ async def jupyter_server(
     yield start
     for server in servers:
         server.stop()
+
+
+@dataclass
+class Registry:
+    """A real image registry on loopback (Debian's docker-registry), with a test image pushed to it."""
+
+    address: str
+    image: str  # the py3 test image plus a layer, pushed; absent from the engine between tests
+
+
+@pytest.fixture(scope="session")
+def registry(
+    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Registry]:
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.fail("these tests need Debian's docker-registry; tests/run.sh installs it")
+    root = tmp_path_factory.mktemp("registry")
+    with socket.socket() as s:  # a free port; the registry takes it a moment later
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    (root / "config.yml").write_text(
+        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
+        f"http:\n  addr: {address}\n"
+    )
+    log = open(root / "registry.log", "wb")
+    process = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(address.split(":"), timeout=1).close()  # type: ignore[arg-type]
+                break
+            except OSError:
+                assert process.poll() is None, (root / "registry.log").read_text()
+                assert time.monotonic() < deadline, "the registry did not start listening"
+                time.sleep(0.05)
+        # The py3 image plus a layer of its own, so that a pull has something to download.
+        image = f"{address}/dockerkernel-test/pullable:1"
+        dockerfile = f"FROM {IMAGES['py3']}\nRUN head -c 20000000 /dev/urandom > /opt/pull-test-blob\n"
+        docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=image, rm=True)
+        for event in docker_client.api.push(image, stream=True, decode=True):
+            assert "error" not in event, event
+        docker_client.images.remove(image)
+        yield Registry(address, image)
+    finally:
+        process.terminate()
+        process.wait()
+        log.close()
+
+
+@pytest.fixture
+def pulled_image(registry: Registry, docker_client: docker.DockerClient) -> Iterator[str]:
+    """The registry's image name, absent from the engine before the test and removed after it."""
+
+    def remove() -> None:
+        try:
+            docker_client.images.remove(registry.image)
+        except docker.errors.ImageNotFound:
+            pass
+
+    remove()
+    yield registry.image
+    remove()

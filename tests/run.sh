@@ -5,7 +5,7 @@
 #   bash tests/run.sh [PYTEST_ARGS...]
 #
 # As root it installs Debian packages (docker.io, debootstrap, python3-venv,
-# chromium), starts dockerd if no engine answers and creates an ordinary user
+# chromium, docker-registry), starts dockerd if no engine answers and creates an ordinary user
 # in the docker group for the non-root test. The test virtualenv, built with Debian's
 # Python so that that user can run it too, and the image build caches live in
 # $DOCKERKERNEL_TEST_CACHE; reruns reuse them.
@@ -34,6 +34,7 @@ command -v dockerd >/dev/null || missing+=(docker.io)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v chromium >/dev/null || missing+=(chromium)  # for the JupyterLab tests, with Playwright
+command -v docker-registry >/dev/null || missing+=(docker-registry)  # a real registry on loopback
 if [ ${#missing[@]} -gt 0 ]; then
     as_root "the Debian packages ${missing[*]}"
     log "installing ${missing[*]}"

@@ -1,0 +1,142 @@
+"""Pulls with visible progress, from a real registry on loopback: the CLI's bars, the server log, errors."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from rich.console import Console
+
+from dockerkernel import errors
+from dockerkernel.pulls import PullBars, PullLog, PullProgress
+
+from conftest import Registry
+
+LAYER = "bbbbbbbbbbbb"
+# What the engine streams for a two-layer pull, one of them already present.
+EVENTS: list[dict[str, Any]] = [
+    {"status": "Pulling from team/img", "id": "1"},
+    {"status": "Already exists", "progressDetail": {}, "id": "aaaaaaaaaaaa"},
+    {"status": "Pulling fs layer", "progressDetail": {}, "id": "bbbbbbbbbbbb"},
+    {"status": "Downloading", "progressDetail": {"current": 5_000_000, "total": 20_000_000}, "id": LAYER},
+    {"status": "Downloading", "progressDetail": {"current": 15_000_000, "total": 20_000_000}, "id": LAYER},
+    {"status": "Verifying Checksum", "progressDetail": {}, "id": "bbbbbbbbbbbb"},
+    {"status": "Download complete", "progressDetail": {}, "id": "bbbbbbbbbbbb"},
+    {"status": "Extracting", "progressDetail": {"current": 1, "total": 20_000_000}, "id": "bbbbbbbbbbbb"},
+    {"status": "Pull complete", "progressDetail": {}, "id": "bbbbbbbbbbbb"},
+    {"status": "Digest: sha256:0123"},
+    {"status": "Status: Downloaded newer image for team/img:1"},
+]
+
+
+def test_progress_sums_up_the_layers() -> None:
+    progress = PullProgress("team/img:1")
+    seen = [progress.update(e) for e in EVENTS[:5]]
+    assert seen == [None, "aaaaaaaaaaaa", "bbbbbbbbbbbb", "bbbbbbbbbbbb", "bbbbbbbbbbbb"]
+    assert progress.summary() == "1 of 2 layers done, 15.0 MB of 20.0 MB downloaded"
+    for event in EVENTS[5:]:
+        progress.update(event)
+    assert progress.summary() == "2 of 2 layers done, 20.0 MB of 20.0 MB downloaded"
+    assert progress.result() == "Pulled team/img:1 (sha256:0123)."
+
+
+def test_up_to_date() -> None:
+    progress = PullProgress("team/img:1")
+    progress.update({"status": "Status: Image is up to date for team/img:1"})
+    assert progress.result() == "Image team/img:1 is up to date."
+
+
+def test_bars_show_each_layer() -> None:
+    out = io.StringIO()
+    with PullBars("team/img:1", Console(file=out, force_terminal=True, width=100)) as bars:
+        for event in EVENTS:
+            bars(event)
+    final = out.getvalue().rpartition("\x1b[2K")[2]  # the last frame drawn
+    assert "aaaaaaaaaaaa Already exists" in out.getvalue()
+    assert "bbbbbbbbbbbb Pull complete" in final and "20.0/20.0 MB" in final
+
+
+def test_pull_command_shows_progress_and_a_final_line(
+    dockerkernel: Any, pulled_image: str, docker_client: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")  # draw the bars as on a terminal
+    monkeypatch.setenv("COLUMNS", "120")
+    result = dockerkernel("pull", pulled_image)
+    assert result.code == 0, result.err
+    assert result.out.startswith(f"Pulled {pulled_image} (sha256:")
+    final = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", result.err).rpartition("\r")[2]  # the last frame
+    layers = final.splitlines()
+    assert len(layers) == 4, final  # the py3 image's three layers, and the pulled one
+    assert all(" Already exists " in line for line in layers[:3])
+    assert " Pull complete " in layers[3] and "20.0/20.0 MB" in layers[3]
+    docker_client.images.get(pulled_image)
+    # Pulled again: up to date.
+    assert dockerkernel("pull", pulled_image).out == f"Image {pulled_image} is up to date.\n"
+
+
+def test_pull_by_kernelspec_name_and_install_pulls(
+    dockerkernel: Any, pulled_image: str, docker_client: docker.DockerClient
+) -> None:
+    result = dockerkernel("install", "--image", pulled_image, "--name", "from-registry")
+    assert result.code == 0, result.err
+    assert f"Pulled {pulled_image} (sha256:" in result.err
+    assert dockerkernel("pull", "from-registry").out == f"Image {pulled_image} is up to date.\n"
+
+
+def test_pull_errors_name_the_image_and_the_reason(dockerkernel: Any, registry: Registry) -> None:
+    image = f"{registry.address}/no/such-image:1"
+    result = dockerkernel("pull", image)
+    assert result.code == 1
+    assert result.err.startswith(f"dockerkernel: Docker image '{image}' could not be pulled (")
+    assert "manifest unknown" in result.err or "not found" in result.err
+    assert result.err.count("\n") == 1
+
+
+async def test_provisioner_logs_pull_progress_and_starts_the_kernel(
+    dockerkernel: Any,
+    pulled_image: str,
+    start_kernel: Any,
+    notebook_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert dockerkernel("install", "--image", pulled_image, "--name", "pulled", "--no-pull").code == 0
+    caplog.set_level(logging.INFO)
+    kernel = await start_kernel("pulled", cwd=str(notebook_dir))
+    reply = await kernel.execute("print(len(open('/opt/pull-test-blob', 'rb').read()))")
+    assert reply.stdout == "20000000\n"
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"Pulling Docker image {pulled_image}" in messages
+    assert any(m.startswith(f"Pulled {pulled_image} (sha256:") for m in messages), messages
+
+
+async def test_failed_pull_at_kernel_start_is_one_sentence(
+    dockerkernel: Any, registry: Registry, start_kernel: Any, notebook_dir: Path
+) -> None:
+    image = f"{registry.address}/no/such-image:1"
+    assert dockerkernel("install", "--image", image, "--name", "nope", "--no-pull").code == 0
+    with pytest.raises(errors.DockerKernelError) as info:
+        await start_kernel("nope", cwd=str(notebook_dir))
+    assert str(info.value).startswith(f"Docker image '{image}' could not be pulled (")
+
+
+def test_server_log_gets_a_summary_at_most_every_interval(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    log = logging.getLogger("test-pull-log")
+    pull = PullLog("team/img:1", log, interval=0)  # every event
+    for event in EVENTS:
+        pull(event)
+    pull.finished()
+    quiet = PullLog("team/img:1", log, interval=3600)  # only the first and the last line
+    for event in EVENTS:
+        quiet(event)
+    quiet.finished()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == "Pulling Docker image team/img:1"
+    assert "Pulling team/img:1: 1 of 2 layers done, 15.0 MB of 20.0 MB downloaded" in messages
+    assert messages[len(EVENTS) + 1].startswith("Pulled team/img:1 (sha256:0123). It took ")
+    assert len(messages) == len(EVENTS) + 2 + 2
