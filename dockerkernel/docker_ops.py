@@ -34,6 +34,7 @@ from .spec import (
     ContainerPlan,
     Owner,
     kernel_files_archive,
+    resolve_auto_gpus,
 )
 
 log = logging.getLogger(__name__)
@@ -195,20 +196,30 @@ def _start_error(plan: ContainerPlan, e: APIError) -> DockerKernelError:
     return DockerKernelError(errors.CONTAINER_START_FAILED.format(image=plan.image, reason=reason))
 
 
+def has_nvidia_runtime(client: docker.DockerClient) -> bool:
+    """Whether the daemon has the NVIDIA runtime that GPU requests need."""
+    with _daemon_errors():
+        return "nvidia" in (client.info().get("Runtimes") or {})
+
+
 def run_kernel_container(
-    plan: ContainerPlan, pull_policy: str, pull_log: logging.Logger | logging.LoggerAdapter[Any] = log
+    plan: ContainerPlan, pull_policy: str, kernel_log: logging.Logger | logging.LoggerAdapter[Any] = log
 ) -> tuple[str, Future[int]]:
     """Pull the image as ``pull_policy`` says, start the planned container and watch it.
 
     The whole start, shared by the provisioner (in a worker thread) and the
-    launcher. A pull's progress goes to ``pull_log``. Returns the container id
-    and a future for its exit status.
+    launcher. A pull's progress and notices about the kernel go to
+    ``kernel_log``. Returns the container id and a future for its exit status.
     """
     client = get_client()
     if needs_pull(client, plan.image, pull_policy):
-        progress = PullLog(plan.image, pull_log)
+        progress = PullLog(plan.image, kernel_log)
         pull_image(client, plan.image, progress)
         progress.finished()
+    if plan.gpus == "auto":
+        plan = resolve_auto_gpus(plan, has_nvidia_runtime(client))
+    if plan.notice:
+        kernel_log.warning("%s", plan.notice)
     container_id = start_container(client, plan)
     return container_id, watch_container(container_id, client.api.api_version)
 

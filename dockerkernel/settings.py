@@ -36,12 +36,12 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def parse_gpus(value: str) -> str:
-    """Normalise a ``docker run --gpus`` value: 'none', 'all', a count or device ids.
+    """Normalise a ``docker run --gpus`` value: 'none', 'all', a count or device ids, or 'auto'.
 
     Raises ValueError with the accepted forms when the value is none of them.
     """
     text = str(value).strip().lower()
-    if text in ("none", "all", ""):
+    if text in ("none", "all", "auto", ""):
         return text or "none"
     if text.isdigit():
         return "none" if int(text) == 0 else str(int(text))
@@ -49,7 +49,7 @@ def parse_gpus(value: str) -> str:
     if ids and all(re.fullmatch(r"[0-9]+|gpu-[0-9a-f-]+|mig-[0-9a-z/-]+", i) for i in ids):
         return "device=" + ",".join(ids)
     raise ValueError(
-        f"invalid gpus value {value!r}: use 'none', 'all', a count such as 2, "
+        f"invalid gpus value {value!r}: use 'none', 'all', 'auto', a count such as 2, "
         "or device ids such as device=0,1"
     )
 
@@ -86,8 +86,9 @@ class DockerSettings(LoggingConfigurable):
     gpus = Unicode(
         "none",
         help="""GPUs for the kernel, as for `docker run --gpus`: 'none', 'all', a count
-        such as '2', or device ids such as 'device=0,1'. Needs the NVIDIA Container
-        Toolkit on the Docker host.""",
+        such as '2', or device ids such as 'device=0,1'; these need the NVIDIA
+        Container Toolkit on the Docker host. 'auto': all GPUs where the daemon
+        has the NVIDIA runtime, else the CPU, with a notice in the notebook.""",
     ).tag(config=True)
 
     volumes = List(

@@ -13,7 +13,7 @@ import os
 import tarfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from docker.types import DeviceRequest
@@ -27,6 +27,32 @@ from .settings import DockerSettings, parse_volume
 CONTAINER_DIR = "/dockerkernel"
 CONTAINER_CONNECTION_FILE = f"{CONTAINER_DIR}/run/kernel.json"
 CONTAINER_HOME = f"{CONTAINER_DIR}/home"
+# Run by IPython at start-up when HOME is CONTAINER_HOME: shows the plan's notice.
+CONTAINER_STARTUP_DIR = f"{CONTAINER_HOME}/.ipython/profile_default/startup"
+NOTICE_STARTUP_FILE = f"{CONTAINER_STARTUP_DIR}/00-dockerkernel-notice.py"
+
+GPUS_AUTO_ON_CPU = (
+    "dockerkernel: this kernel runs on the CPU: it asks for GPUs with gpus 'auto', but the "
+    "Docker daemon has no NVIDIA runtime. Install the NVIDIA Container Toolkit and restart "
+    "Docker to use the GPUs."
+)
+
+# Python 2 and 3, IPython 5 and later: print the notice at the first execution, once.
+_NOTICE_SCRIPT = """\
+def _dockerkernel_notice(text):
+    import sys
+    shell = get_ipython()
+
+    def show(*args):
+        sys.stderr.write(text + "\\n")
+        shell.events.unregister("pre_run_cell", show)
+
+    shell.events.register("pre_run_cell", show)
+
+
+_dockerkernel_notice({text!r})
+del _dockerkernel_notice
+"""
 
 LABEL_PREFIX = "org.dockerkernel"
 LABEL_KERNEL_ID = f"{LABEL_PREFIX}.kernel-id"
@@ -68,6 +94,7 @@ class ContainerPlan:
     connection: dict[str, Any]
     file_owner: tuple[int, int] | None  # uid, gid of the files copied in; None: any user
     gpus: str  # the normalised gpus setting, for error messages
+    notice: str = ""  # shown in the notebook at the first execution
 
     @property
     def image(self) -> str:
@@ -81,8 +108,11 @@ def kernel_command(kernel_cmd: Sequence[str], extra_arguments: Sequence[str] = (
 
 
 def device_requests(gpus: str) -> list[DeviceRequest]:
-    """Docker device requests for a normalised ``gpus`` value, as ``docker run --gpus`` makes."""
-    if gpus == "none":
+    """Docker device requests for a normalised ``gpus`` value, as ``docker run --gpus`` makes.
+
+    'auto' has none until resolve_auto_gpus() has seen the daemon.
+    """
+    if gpus in ("none", "auto"):
         return []
     if gpus == "all":
         return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
@@ -204,6 +234,15 @@ def plan_container(
     )
 
 
+def resolve_auto_gpus(plan: ContainerPlan, nvidia_runtime: bool) -> ContainerPlan:
+    """The plan for gpus 'auto' on a daemon that has (or lacks) the NVIDIA runtime."""
+    if plan.gpus != "auto":
+        return plan
+    if nvidia_runtime:
+        return replace(plan, create_kwargs={**plan.create_kwargs, "device_requests": device_requests("all")})
+    return replace(plan, notice=GPUS_AUTO_ON_CPU)
+
+
 def kernel_files_archive(plan: ContainerPlan) -> bytes:
     """A tar of the kernel's files, for ``put_archive`` at ``/``: its connection file and home.
 
@@ -230,4 +269,8 @@ def kernel_files_archive(plan: ContainerPlan) -> bytes:
         add(os.path.dirname(CONTAINER_CONNECTION_FILE), 0o700)
         add(CONTAINER_CONNECTION_FILE, 0o600, json.dumps(plan.connection, indent=1).encode())
         add(CONTAINER_HOME, 0o700)
+        if plan.notice:
+            for directory in (".ipython", ".ipython/profile_default", ".ipython/profile_default/startup"):
+                add(f"{CONTAINER_HOME}/{directory}", 0o700)
+            add(NOTICE_STARTUP_FILE, 0o600, _NOTICE_SCRIPT.format(text=plan.notice).encode())
     return buf.getvalue()

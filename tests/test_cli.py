@@ -90,11 +90,12 @@ def test_install_preset(dockerkernel: Any, jupyter_dirs: Path, preset: str) -> N
     assert config == kernelspec.presets()[preset].config
 
 
-def test_deep_learning_presets_ask_for_all_gpus() -> None:
+def test_deep_learning_presets_use_the_gpus_where_there_are_any() -> None:
     presets = kernelspec.presets()
     assert {"python3", "dl-pytorch", "dl-keras"} <= set(presets)
     for name in ("dl-pytorch", "dl-keras"):
-        assert presets[name].config["gpus"] == "all"
+        assert presets[name].config["gpus"] == "auto"
+        assert presets[name].config["shm_size"] == "2g"  # DataLoader workers
         assert "cuda" in presets[name].config["image"]
 
 

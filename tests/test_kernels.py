@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from dockerkernel import errors
 from dockerkernel.errors import DockerKernelError
-from dockerkernel.spec import LABEL_KERNEL_ID, LABEL_OWNER_PID
+from dockerkernel.spec import GPUS_AUTO_ON_CPU, LABEL_KERNEL_ID, LABEL_OWNER_PID
 
 pytestmark = pytest.mark.docker
 
@@ -163,6 +164,47 @@ async def test_gpu_request_without_nvidia_runtime_is_a_clear_error(
     with pytest.raises(DockerKernelError) as info:
         await km.start_kernel(cwd=str(notebook_dir))
     assert str(info.value) == errors.GPUS_UNAVAILABLE.format(gpus="all")
+
+
+@pytest.mark.parametrize("flavour", ["py3", "py2"])
+async def test_auto_gpus_fall_back_to_the_cpu_with_a_notice(
+    flavour: str,
+    install_test_kernel: Any,
+    start_kernel: Any,
+    notebook_dir: Path,
+    docker_client: docker.DockerClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """This daemon has no NVIDIA runtime: 'auto' runs on the CPU and says so, in the log and the notebook."""
+    caplog.set_level(logging.WARNING)
+    kernel = await start_kernel(install_test_kernel(flavour, "--gpus", "auto"), cwd=str(notebook_dir))
+    assert not docker_client.api.inspect_container(kernel.container_id)["HostConfig"]["DeviceRequests"]
+    assert [r.getMessage() for r in caplog.records].count(GPUS_AUTO_ON_CPU) == 1
+
+    def stderr(reply: Any) -> str:
+        return "".join(
+            m["content"]["text"]
+            for m in reply.messages
+            if m["msg_type"] == "stream" and m["content"]["name"] == "stderr"
+        )
+
+    first = await kernel.execute("print(1)")
+    assert (first.stdout, stderr(first)) == ("1\n", GPUS_AUTO_ON_CPU + "\n")
+    second = await kernel.execute("print(2)")
+    assert (second.stdout, stderr(second)) == ("2\n", "")
+
+
+async def test_container_gets_the_shared_memory_and_limits_the_kernelspec_asks_for(
+    install_test_kernel: Any, start_kernel: Any, notebook_dir: Path, docker_client: docker.DockerClient
+) -> None:
+    name = install_test_kernel("py3", "--shm-size", "1g", "--mem-limit", "768m", "--cpus", "1.5")
+    kernel = await start_kernel(name, cwd=str(notebook_dir))
+    host_config = docker_client.api.inspect_container(kernel.container_id)["HostConfig"]
+    assert host_config["ShmSize"] == 1024**3
+    assert host_config["Memory"] == 768 * 1024**2
+    assert host_config["NanoCpus"] == 1_500_000_000
+    reply = await kernel.execute("import os; s = os.statvfs('/dev/shm'); print(s.f_blocks * s.f_frsize)")
+    assert int(reply.stdout) == 1024**3  # what DataLoader workers get
 
 
 async def test_unknown_image_is_a_clear_error(

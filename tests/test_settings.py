@@ -24,6 +24,7 @@ from dockerkernel.settings import DockerSettings, parse_gpus, parse_volume
         ("0", "none"),
         ("all", "all"),
         ("ALL", "all"),
+        ("auto", "auto"),
         ("2", "2"),
         ("device=0,1", "device=0,1"),
         ("0,1", "device=0,1"),
@@ -36,7 +37,7 @@ def test_gpus_take_the_forms_of_docker_run(given: str, normalised: str) -> None:
 
 @pytest.mark.parametrize("bad", ["some", "-1", "1.5", "device=", "all,0", "0;rm -rf"])
 def test_invalid_gpus_name_the_accepted_forms(bad: str) -> None:
-    with pytest.raises(ValueError, match="use 'none', 'all', a count"):
+    with pytest.raises(ValueError, match="use 'none', 'all', 'auto', a count"):
         parse_gpus(bad)
 
 

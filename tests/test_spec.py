@@ -12,14 +12,17 @@ import pytest
 from dockerkernel.settings import DockerSettings
 from dockerkernel.spec import (
     CONTAINER_CONNECTION_FILE,
+    GPUS_AUTO_ON_CPU,
     LABEL_KERNEL_ID,
     LABEL_KERNELSPEC,
     LABEL_OWNER_PID,
+    NOTICE_STARTUP_FILE,
     ContainerPlan,
     Owner,
     kernel_command,
     kernel_files_archive,
     plan_container,
+    resolve_auto_gpus,
 )
 
 CONNECTION = {
@@ -142,6 +145,31 @@ def test_gpus_become_device_requests(gpus: str, request_: dict[str, Any]) -> Non
 
 def test_no_gpus_no_device_requests() -> None:
     assert "device_requests" not in plan().create_kwargs
+
+
+def test_auto_gpus_take_all_gpus_where_the_daemon_has_the_nvidia_runtime() -> None:
+    auto = plan(DockerSettings(image="img", gpus="auto"))
+    assert "device_requests" not in auto.create_kwargs
+    with_gpus = resolve_auto_gpus(auto, nvidia_runtime=True)
+    assert [r["Count"] for r in with_gpus.create_kwargs["device_requests"]] == [-1]
+    assert with_gpus.notice == ""
+    assert "device_requests" not in auto.create_kwargs  # plans are values
+
+
+def test_auto_gpus_without_the_runtime_run_on_the_cpu_with_a_notice_in_the_notebook() -> None:
+    on_cpu = resolve_auto_gpus(plan(DockerSettings(image="img", gpus="auto")), nvidia_runtime=False)
+    assert "device_requests" not in on_cpu.create_kwargs
+    assert on_cpu.notice == GPUS_AUTO_ON_CPU
+    with tarfile.open(fileobj=io.BytesIO(kernel_files_archive(on_cpu))) as tar:
+        startup = tar.getmember(NOTICE_STARTUP_FILE.lstrip("/"))
+        assert (startup.uid, startup.mode) == (1000, 0o600)
+        script = tar.extractfile(startup).read().decode()  # type: ignore[union-attr]
+    compile(script, "startup", "exec")
+    assert repr(GPUS_AUTO_ON_CPU) in script
+    # Other settings are left alone, and get no startup file.
+    assert resolve_auto_gpus(plan(), nvidia_runtime=False).notice == ""
+    with tarfile.open(fileobj=io.BytesIO(kernel_files_archive(plan()))) as tar:
+        assert NOTICE_STARTUP_FILE.lstrip("/") not in tar.getnames()
 
 
 def test_limits_labels_init_and_privileges() -> None:
