@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from . import __version__, docker_ops, errors, kernelspec
+from . import __version__, docker_ops, errors, images, kernelspec
 from .errors import DockerKernelError
 from .pulls import PullBars
 from .settings import DEFAULT_KERNEL_CMD, DockerSettings
@@ -68,7 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--prefix", metavar="DIR", help="install into DIR/share/jupyter/kernels")
     p.add_argument("--replace", action="store_true", help="overwrite a kernelspec of the same name")
-    p.add_argument("--no-pull", action="store_true", help="do not pull the image now")
+    p.add_argument(
+        "--no-pull", action="store_true", help="do not pull or check the image now (it may not exist yet)"
+    )
+    p.add_argument(
+        "--add-ipykernel",
+        action="store_true",
+        help="if the image lacks ipykernel, build a kernel-ready image on top of it (wheels fetched here)",
+    )
+    p.add_argument(
+        "--dockerfile",
+        metavar="PATH",
+        help="build this Dockerfile (its folder is the build context) and install a kernel for the result; "
+        "--image names the tag to build (default: dockerkernel/NAME:latest)",
+    )
 
     p = sub.add_parser("uninstall", help="remove a dockerkernel kernelspec")
     p.add_argument("name")
@@ -105,6 +119,10 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
         config, env = dict(preset.config), dict(preset.env)
     elif args.image:
         name, display_name, config, env = _default_name(args.image), "", {}, {}
+    elif args.dockerfile:
+        folder = os.path.basename(os.path.dirname(os.path.abspath(args.dockerfile)))
+        name, display_name, config, env = _default_name(args.name or folder), "", {}, {}
+        config["image"] = f"dockerkernel/{name}:latest"
     else:
         raise DockerKernelError(errors.INSTALL_NEEDS_IMAGE)
 
@@ -137,21 +155,53 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
 def cmd_install(args: argparse.Namespace) -> int:
     name, display_name, config, env = install_settings(args)
     prefix = sys.prefix if args.sys_prefix else args.prefix
-    if not args.no_pull:
+    metadata: dict[str, Any] = {}
+    if args.dockerfile:
+        client = docker_ops.get_client()
+        images.build_dockerfile(client, args.dockerfile, config["image"], _show)
+        config["pull_policy"] = "never"  # built here: there is nothing to pull
+    elif not args.no_pull:
         # Pull before installing, so that a kernelspec is never left naming an image that cannot be had.
         result = _pull(config["image"], "missing")
         print(result or f"Image {config['image']} is present.", file=sys.stderr)
+    if args.dockerfile or not args.no_pull:
+        metadata = _make_kernel_ready(args, config)
     path = kernelspec.install(
         name=name,
         display_name=display_name,
         config=config,
         env=env,
+        metadata=metadata,
         user=prefix is None,
         prefix=prefix,
         replace=args.replace,
     )
     print(f"Installed kernelspec {name} in {path}")
     return 0
+
+
+def _show(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _make_kernel_ready(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any]:
+    """Probe the image; add ipykernel if asked and needed; the metadata to record."""
+    client = docker_ops.get_client()
+    python = config.get("kernel_cmd", DEFAULT_KERNEL_CMD)[0]
+    image = config["image"]
+    found = images.probe(client, image, python)
+    metadata: dict[str, Any] = {}
+    if found.ipykernel is None:
+        wanted = args.add_ipykernel or (args.preset and kernelspec.get_preset(args.preset).add_ipykernel)
+        if not wanted:
+            raise DockerKernelError(errors.NO_IPYKERNEL.format(image=image, python=found.python))
+        config["image"] = images.add_ipykernel(client, image, python, found, _show)
+        config["pull_policy"] = "never"  # built here: there is nothing to pull
+        metadata["base_image"] = image
+        found = images.probe(client, config["image"], python)
+    _show(f"Image {config['image']}: Python {found.python}, ipykernel {found.ipykernel}.")
+    metadata["probe"] = found.metadata()
+    return metadata
 
 
 def _pull(image: str, pull_policy: str) -> str | None:

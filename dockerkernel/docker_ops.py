@@ -31,6 +31,7 @@ from .spec import (
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
     LABEL_OWNER_STARTED,
+    LABEL_PROBE,
     ContainerPlan,
     Owner,
     kernel_files_archive,
@@ -222,6 +223,31 @@ def run_kernel_container(
         kernel_log.warning("%s", plan.notice)
     container_id = start_container(client, plan)
     return container_id, watch_container(container_id, client.api.api_version)
+
+
+def run_once(client: docker.DockerClient, image: str, argv: list[str]) -> tuple[int | None, str, str]:
+    """Run ``argv`` in a throwaway container of ``image``, with no network.
+
+    Returns the exit status (None when the command could not be started at
+    all, e.g. it does not exist), stdout and stderr. The container is removed.
+    """
+    container: Container | None = None
+    with _daemon_errors():
+        try:
+            container = client.containers.create(
+                image, entrypoint=argv, network_disabled=True, labels={LABEL_PROBE: "1"}
+            )
+            try:
+                container.start()
+            except APIError as e:
+                return None, "", _reason(e)
+            status = int(container.wait(timeout=API_TIMEOUT)["StatusCode"])
+            out = container.logs(stdout=True, stderr=False).decode(errors="replace")
+            err = container.logs(stdout=False, stderr=True).decode(errors="replace")
+            return status, out, err
+        finally:
+            if container is not None:
+                remove_container(client, container.id)
 
 
 @contextmanager

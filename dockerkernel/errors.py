@@ -67,3 +67,33 @@ PERMISSION_DENIED = (
     "Permission denied writing to {path}: use --user to install for your user only, "
     "or run as an administrator."
 )
+IMAGE_NOT_PRESENT_FOR_PROBE = (
+    "Docker image '{image}' is not present, so it cannot be checked: pull it first "
+    "(`dockerkernel pull {image}`), or install without --no-pull."
+)
+NO_PYTHON = (
+    "Docker image '{image}' has no '{python}' to run the kernel with: pass --python with "
+    "the image's Python (for example python or python3.11), or choose another image."
+)
+PROBE_FAILED = (
+    "Running '{python}' in Docker image '{image}' failed ({reason}): pass --python with a "
+    "working Python of the image, or choose another image."
+)
+NO_IPYKERNEL = (
+    "Docker image '{image}' has Python {python} but no ipykernel: add --add-ipykernel to "
+    "build a kernel-ready image on top of it, or install ipykernel in the image."
+)
+UNSUPPORTED_LIBC = (
+    "Cannot add ipykernel to an image whose C library is {libc}: only glibc images "
+    "(Debian, Ubuntu, RHEL and the like) are supported; install ipykernel in the image yourself."
+)
+PYTHON_TOO_OLD = (
+    "Cannot add ipykernel for Python {version}: Python 2.7 and 3.8 or newer are supported; "
+    "install ipykernel in the image yourself."
+)
+WHEELS_UNAVAILABLE = (
+    "Could not download ipykernel for Python {python} ({reason}): check that this machine "
+    "can reach the Python package index, or configure pip to use a mirror."
+)
+BUILD_FAILED = "Building {what} failed ({reason}): fix the build, then run the install again."
+DOCKERFILE_MISSING = "No Dockerfile at '{path}': pass the path of an existing Dockerfile to --dockerfile."

@@ -42,17 +42,25 @@ class Preset:
     description: str
     config: dict[str, Any]
     env: dict[str, str]
+    add_ipykernel: bool = False  # the image lacks ipykernel: install builds a layer with it
 
 
-def kernel_json(*, display_name: str, config: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+def kernel_json(
+    *,
+    display_name: str,
+    config: Mapping[str, Any],
+    env: Mapping[str, str],
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The kernel.json of a Docker kernel.
 
     jupyter_client starts the kernel through ``metadata.kernel_provisioner``;
     clients that ignore provisioners run ``argv``, the host-side launcher,
     which starts the same container (see launcher.py). ``argv`` names this
-    Python, the one dockerkernel is installed in.
+    Python, the one dockerkernel is installed in. ``metadata`` (what install
+    found out about the image) goes under ``metadata.dockerkernel``.
     """
-    return {
+    spec: dict[str, Any] = {
         "argv": [
             sys.executable,
             "-m",
@@ -73,6 +81,9 @@ def kernel_json(*, display_name: str, config: Mapping[str, Any], env: Mapping[st
             "debugger": False,
         },
     }
+    if metadata:
+        spec["metadata"]["dockerkernel"] = dict(metadata)
+    return spec
 
 
 def presets() -> dict[str, Preset]:
@@ -89,6 +100,7 @@ def presets() -> dict[str, Preset]:
             description=data["metadata"]["dockerkernel"]["description"],
             config=data["metadata"]["kernel_provisioner"]["config"],
             env=data.get("env", {}),
+            add_ipykernel=data["metadata"]["dockerkernel"].get("add_ipykernel", False),
         )
     return dict(sorted(found.items()))
 
@@ -108,6 +120,7 @@ def install(
     display_name: str,
     config: Mapping[str, Any],
     env: Mapping[str, str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
     user: bool = False,
     prefix: str | None = None,
     replace: bool = False,
@@ -125,7 +138,7 @@ def install(
     destination = ksm._get_destination_dir(name, user=user, prefix=prefix)
     if os.path.exists(destination) and not replace:
         raise DockerKernelError(errors.KERNELSPEC_EXISTS.format(name=name, path=destination))
-    spec = kernel_json(display_name=display_name, config=config, env=env or {})
+    spec = kernel_json(display_name=display_name, config=config, env=env or {}, metadata=metadata)
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, "kernel.json"), "w") as f:
             json.dump(spec, f, indent=1)

@@ -60,6 +60,7 @@ LABEL_KERNELSPEC = f"{LABEL_PREFIX}.kernelspec"
 LABEL_OWNER_HOST = f"{LABEL_PREFIX}.owner-host"
 LABEL_OWNER_PID = f"{LABEL_PREFIX}.owner-pid"
 LABEL_OWNER_STARTED = f"{LABEL_PREFIX}.owner-started"
+LABEL_PROBE = f"{LABEL_PREFIX}.probe"  # a throwaway container that checks an image
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
 

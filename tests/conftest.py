@@ -31,6 +31,8 @@ from servers import JupyterServer
 IMAGES = {"py3": "dockerkernel-test/py3", "py2": "dockerkernel-test/py2", "torch": "dockerkernel-test/torch"}
 PYTHONS = {"py3": "python3", "py2": "python", "torch": "python3"}
 FLAVOURS = list(IMAGES)
+# Python and nothing else, no pip, no ipykernel: for making images kernel-ready.
+BARE = {"py3": "dockerkernel-test/bare-py3", "py2": "dockerkernel-test/bare-py2"}
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +86,7 @@ def docker_client() -> docker.DockerClient:
         client.ping()
     except Exception as e:
         pytest.fail(f"these tests need a Docker engine ({e}); tests/run.sh installs and starts one")
-    for image in IMAGES.values():
+    for image in [*IMAGES.values(), *BARE.values()]:
         try:
             client.images.get(image)
         except docker.errors.ImageNotFound:

@@ -200,7 +200,7 @@ def test_errors_are_not_tracebacks_in_a_real_process(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_wheel_ships_every_preset(tmp_path: Path) -> None:
+def test_wheel_ships_every_preset_and_the_python2_pins(tmp_path: Path) -> None:
     subprocess.run(
         [
             sys.executable,
@@ -222,6 +222,8 @@ def test_wheel_ships_every_preset(tmp_path: Path) -> None:
     for preset in (ROOT / "kernelspecs").iterdir():
         if preset.is_dir() and (preset / "kernel.json").exists():
             assert f"dockerkernel/presets/{preset.name}/kernel.json" in names
+    for pinned in (ROOT / "dockerkernel" / "kernel_ready" / "python2").iterdir():
+        assert f"dockerkernel/kernel_ready/python2/{pinned.name}" in names  # for --add-ipykernel
     entry_points = (
         zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     )

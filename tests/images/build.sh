@@ -7,7 +7,8 @@
 #
 # An image.conf either names a Debian suite and packages (the image starts from a
 # debootstrap root filesystem) or a parent image folder (the image adds its
-# packages on top of dockerkernel-test/PARENT).
+# packages on top of dockerkernel-test/PARENT). A folder with no requirements
+# files makes a bare image: the root filesystem alone, with no ipykernel.
 #
 # Images are tagged dockerkernel-test/NAME and labelled with a hash of their
 # inputs (this script, the Dockerfile, the image's folder and its parent's): a
@@ -25,7 +26,7 @@ log() { printf '[images] %s\n' "$*" >&2; }
 
 inputs_hash() {
     local parent; parent=$(conf "$1" parent)
-    (cd "$here" && cat build.sh Dockerfile && find "$1" -type f | LC_ALL=C sort | xargs cat \
+    (cd "$here" && cat build.sh Dockerfile && find -L "$1" -type f | LC_ALL=C sort | xargs cat \
         && if [ -n "$parent" ]; then inputs_hash "$parent"; fi) | sha256sum | cut -c1-16
 }
 
@@ -77,6 +78,14 @@ build() {
     # shellcheck source=/dev/null
     local suite packages parent="" python pip_target; source "$here/$name/image.conf"
     local base ctx
+    if ! ls "$here/$name"/*requirements.txt >/dev/null 2>&1; then
+        # A bare image: the root filesystem as it is, Python without ipykernel or pip.
+        docker import --change "LABEL $label=$hash" --change "CMD [\"$python\"]" \
+            "$(rootfs "$suite" "$packages")" "$image" >/dev/null
+        docker image prune -f --filter "label=$label" >/dev/null
+        log "$image built ($(docker run --rm "$image" "$python" --version 2>&1))"
+        return
+    fi
     if [ -n "$parent" ]; then
         build "$parent"
         base="dockerkernel-test/$parent"
