@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from . import __version__, docker_ops, errors, images, kernelspec
+from . import __version__, docker_ops, doctor, errors, images, kernelspec
 from .errors import DockerKernelError
 from .pulls import PullBars
 from .settings import DEFAULT_KERNEL_CMD, DockerSettings
@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     sub.add_parser("prune", help="remove kernel containers whose Jupyter server or launcher is gone")
+
+    sub.add_parser(
+        "doctor", help="check Docker, GPUs, the installed kernels' images and the server extension"
+    )
 
     p = sub.add_parser("launch", help="run a kernel in its container (the kernelspec's argv runs this)")
     p.add_argument("--spec-dir", required=True, help="the kernelspec's directory")
@@ -287,14 +291,18 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    client = docker_ops.get_client()
-    removed = 0
-    for c in docker_ops.kernel_containers(client):
-        if docker_ops.owner_alive(c.labels) is False:
-            docker_ops.remove_container(client, c.id)
-            removed += 1
+    removed = len(docker_ops.prune_orphans(docker_ops.get_client()))
     print(f"Removed {removed} kernel container{'s' if removed != 1 else ''} whose owner is gone.")
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    failed = 0
+    for check in doctor.run_checks():
+        print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}", flush=True)
+        failed += not check.ok
+    print(f"{failed} check{'s' if failed != 1 else ''} failed." if failed else "All checks passed.")
+    return 1 if failed else 0
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -312,6 +320,7 @@ COMMANDS = {
     "pull": cmd_pull,
     "ps": cmd_ps,
     "prune": cmd_prune,
+    "doctor": cmd_doctor,
     "launch": cmd_launch,
 }
 

@@ -225,7 +225,9 @@ def run_kernel_container(
     return container_id, watch_container(container_id, client.api.api_version)
 
 
-def run_once(client: docker.DockerClient, image: str, argv: list[str]) -> tuple[int | None, str, str]:
+def run_once(
+    client: docker.DockerClient, image: str, argv: list[str], **create_kwargs: Any
+) -> tuple[int | None, str, str]:
     """Run ``argv`` in a throwaway container of ``image``, with no network.
 
     Returns the exit status (None when the command could not be started at
@@ -235,7 +237,7 @@ def run_once(client: docker.DockerClient, image: str, argv: list[str]) -> tuple[
     with _daemon_errors():
         try:
             container = client.containers.create(
-                image, entrypoint=argv, network_disabled=True, labels={LABEL_PROBE: "1"}
+                image, entrypoint=argv, network_disabled=True, labels={LABEL_PROBE: "1"}, **create_kwargs
             )
             try:
                 container.start()
@@ -306,3 +308,16 @@ def kernel_containers(client: docker.DockerClient, **label_filters: str) -> list
     labels = [LABEL_KERNEL_ID] + [f"{k}={v}" for k, v in label_filters.items()]
     with _daemon_errors():
         return list(client.containers.list(all=True, filters={"label": labels}))
+
+
+def prune_orphans(client: docker.DockerClient) -> list[str]:
+    """Remove the kernel containers whose owning server or launcher is gone; their ids.
+
+    Only containers started on this host are judged: an owner elsewhere cannot be checked.
+    """
+    removed = []
+    for container in kernel_containers(client):
+        if owner_alive(container.labels) is False:
+            remove_container(client, container.id)
+            removed.append(str(container.id))
+    return removed

@@ -170,6 +170,16 @@ def installed(manager: KernelSpecManager | None = None) -> list[InstalledKernel]
     return rows
 
 
+def config_of(name: str, manager: KernelSpecManager | None = None) -> dict[str, Any]:
+    """The dockerkernel settings of an installed kernelspec."""
+    ksm = manager or KernelSpecManager()
+    try:
+        spec = ksm.get_kernel_spec(name)
+    except NoSuchKernel:
+        raise DockerKernelError(errors.KERNELSPEC_NOT_FOUND.format(name=name)) from None
+    return dict(spec.metadata.get("kernel_provisioner", {}).get("config", {}))
+
+
 def uninstall(name: str, manager: KernelSpecManager | None = None) -> str:
     """Remove a dockerkernel kernelspec; returns the directory that was removed."""
     ksm = manager or KernelSpecManager()

@@ -1,0 +1,35 @@
+"""The Jupyter server extension: at server start, remove kernel containers whose server is gone.
+
+A server killed with SIGKILL (or a machine that lost power) cannot remove its
+kernels' containers. Every container carries its owner's host, pid and process
+start time (spec.Owner), so the next server to start can tell orphans from the
+kernels of servers that still run, its own user's other servers included, and
+removes only the orphans. `dockerkernel prune` does the same on request.
+
+pip enables the extension on install, through
+etc/jupyter/jupyter_server_config.d/dockerkernel.json.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from . import docker_ops
+from .errors import DockerKernelError
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    """Prune in a thread of its own: the Docker SDK blocks, and the server must start at once."""
+    log = serverapp.log
+
+    def prune() -> None:
+        try:
+            removed = docker_ops.prune_orphans(docker_ops.get_client())
+        except DockerKernelError as e:
+            log.warning("dockerkernel: could not look for orphaned kernel containers: %s", e)
+            return
+        if removed:
+            log.info("dockerkernel: removed %d kernel container(s) whose server is gone", len(removed))
+
+    threading.Thread(target=prune, name="dockerkernel-prune", daemon=True).start()

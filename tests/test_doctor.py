@@ -1,0 +1,64 @@
+"""`dockerkernel doctor` on this machine: a daemon without the NVIDIA runtime, and kernels good and bad."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from dockerkernel import errors
+
+from conftest import BARE
+
+
+@pytest.mark.docker
+def test_doctor_checks_everything_and_says_how_to_fix_what_fails(
+    dockerkernel: Any, install_test_kernel: Any, docker_client: Any
+) -> None:
+    install_test_kernel("py3")
+    assert dockerkernel("install", "--image", "nosuch/img:1", "--name", "missing", "--no-pull").code == 0
+    assert dockerkernel("install", "--image", BARE["py3"], "--name", "bare", "--no-pull").code == 0
+
+    result = dockerkernel("doctor")
+    assert result.code == 1
+    lines = result.out.splitlines()
+    version = docker_client.version()
+    assert (
+        lines[0]
+        == f"ok    Docker daemon: reachable, Docker {version['Version']} (API {version['ApiVersion']})"
+    )
+    assert lines[1].startswith("FAIL  NVIDIA runtime: the Docker daemon has none, so kernels cannot use GPUs")
+    assert lines[1].endswith("install the NVIDIA Container Toolkit and restart Docker.")
+    kernels = sorted(lines[2:5])
+    assert kernels[0] == (
+        "FAIL  kernel bare: image dockerkernel-test/bare-py3 has Python 3.11.2 but no ipykernel: "
+        "reinstall with `dockerkernel install --image dockerkernel-test/bare-py3 --name bare "
+        "--add-ipykernel --replace`."
+    )
+    assert (
+        kernels[1]
+        == "FAIL  kernel missing: image nosuch/img:1 is not present: run `dockerkernel pull missing`."
+    )
+    assert kernels[2].startswith("ok    kernel test-py3: image dockerkernel-test/py3: Python 3.11.")
+    assert kernels[2].endswith(", ipykernel 7.4.0")
+    assert (
+        lines[5] == "ok    Server extension: enabled: servers remove the containers of servers that are gone"
+    )
+    assert lines[6] == "3 checks failed."
+
+
+def test_doctor_without_a_daemon(tmp_path: Any) -> None:
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    result = subprocess.run(
+        [sys.executable, "-m", "dockerkernel", "doctor"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0] == "FAIL  Docker daemon: " + errors.DOCKER_UNREACHABLE.format(
+        reason="no Docker socket was found"
+    )
+    assert lines[1].startswith("ok    Server extension: enabled")
+    assert result.stderr == ""
