@@ -21,9 +21,11 @@ import pytest
 from jupyter_client.connect import write_connection_file
 from jupyter_client.manager import AsyncKernelManager
 
-from dockerkernel import errors
+from dockerkernel import docker_ops, errors
+from dockerkernel.config import make_settings
 from dockerkernel.errors import DockerKernelError
-from dockerkernel.spec import GPUS_AUTO_ON_CPU, LABEL_KERNEL_ID, LABEL_OWNER_PID
+from dockerkernel.settings import DockerSettings
+from dockerkernel.spec import GPUS_AUTO_ON_CPU, LABEL_KERNEL_ID, LABEL_OWNER_PID, plan_container
 
 pytestmark = pytest.mark.docker
 
@@ -205,6 +207,38 @@ async def test_container_gets_the_shared_memory_and_limits_the_kernelspec_asks_f
     assert host_config["NanoCpus"] == 1_500_000_000
     reply = await kernel.execute("import os; s = os.statvfs('/dev/shm'); print(s.f_blocks * s.f_frsize)")
     assert int(reply.stdout) == 1024**3  # what DataLoader workers get
+
+
+@pytest.mark.parametrize(
+    ("gpus", "request_"),
+    [("all", (-1, [])), ("2", (2, [])), ("device=0,3", (0, ["0", "3"]))],
+)
+def test_daemon_records_the_device_requests_the_kernelspec_asks_for(
+    gpus: str,
+    request_: tuple[int, list[str]],
+    test_images: dict[str, str],
+    notebook_dir: Path,
+    docker_client: docker.DockerClient,
+    no_leftovers: None,
+) -> None:
+    """Without the NVIDIA runtime such a container cannot start here, but it can be created and inspected."""
+    plan = plan_container(
+        make_settings(DockerSettings, {"image": test_images["py3"], "gpus": gpus}, "gpu-kernel"),
+        kernel_id="gpu-plan-check",
+        kernel_name="gpu-kernel",
+        connection_info=write_connection_file(str(notebook_dir.parent / "c.json"))[1],
+        cwd=str(notebook_dir),
+        spec_env={},
+        launch_env={},
+        owner=docker_ops.this_process_owner(),
+    )
+    container = docker_client.containers.create(**plan.create_kwargs)
+    try:
+        [recorded] = docker_client.api.inspect_container(container.id)["HostConfig"]["DeviceRequests"]
+        assert (recorded["Count"], recorded["DeviceIDs"] or []) == request_
+        assert recorded["Capabilities"] == [["gpu"]]
+    finally:
+        container.remove(force=True)
 
 
 async def test_unknown_image_is_a_clear_error(

@@ -27,9 +27,13 @@ GPU_IMAGE = os.environ.get("DOCKERKERNEL_GPU_IMAGE", kernelspec.presets()["dl-py
 def gpu_kernel(dockerkernel: Any, docker_client: docker.DockerClient) -> Any:
     def install(gpus: str) -> str:
         if not docker_ops.has_nvidia_runtime(docker_client):
-            pytest.fail("the GPU checks need a Docker daemon with the NVIDIA runtime (NVIDIA Container Toolkit)")
+            pytest.fail(
+                "the GPU checks need a Docker daemon with the NVIDIA runtime (NVIDIA Container Toolkit)"
+            )
         name = f"gpu-{gpus}"
-        result = dockerkernel("install", "--image", GPU_IMAGE, "--name", name, "--gpus", gpus, "--shm-size", "2g")
+        result = dockerkernel(
+            "install", "--image", GPU_IMAGE, "--name", name, "--gpus", gpus, "--shm-size", "2g"
+        )
         assert result.code == 0, result.err
         return name
 
