@@ -25,7 +25,13 @@ from dockerkernel import docker_ops, errors
 from dockerkernel.config import make_settings
 from dockerkernel.errors import DockerKernelError
 from dockerkernel.settings import DockerSettings
-from dockerkernel.spec import GPUS_AUTO_ON_CPU, LABEL_KERNEL_ID, LABEL_OWNER_PID, plan_container
+from dockerkernel.spec import (
+    GPUS_AUTO_ON_CPU,
+    LABEL_KERNEL_ID,
+    LABEL_KERNELSPEC,
+    LABEL_OWNER_PID,
+    plan_container,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -120,7 +126,7 @@ async def test_kernel_without_the_provisioner_runs_in_the_same_container(
     km = AsyncKernelManager(kernel_name=kernel_name)
     km.kernel_spec.metadata.pop("kernel_provisioner")  # as such a client would
     await km.start_kernel(cwd=str(notebook_dir))
-    this_kernel = f"{LABEL_KERNEL_ID}={km.kernel_id}"  # the launcher reads it from the connection file's name
+    this_kernel = f"{LABEL_KERNELSPEC}={kernel_name}"  # the only kernel of this kernelspec
     kc = km.client()
     kc.start_channels()
     try:
