@@ -24,7 +24,7 @@ from docker.models.containers import Container
 from docker.utils import kwargs_from_env, parse_repository_tag
 
 from . import errors
-from .errors import DockerKernelError
+from .errors import DockerKernelError, PortTaken
 from .pulls import PullLog
 from .spec import (
     LABEL_KERNEL_ID,
@@ -192,6 +192,8 @@ def _start_error(plan: ContainerPlan, e: APIError) -> DockerKernelError:
     reason = _reason(e)
     if "could not select device driver" in reason and "gpu" in reason:
         return DockerKernelError(errors.GPUS_UNAVAILABLE.format(gpus=plan.gpus))
+    if "address already in use" in reason or "port is already allocated" in reason:
+        return PortTaken(errors.PORT_TAKEN.format(reason=reason))
     if isinstance(e, ImageNotFound):
         return DockerKernelError(errors.IMAGE_UNAVAILABLE.format(image=plan.image, reason=reason))
     return DockerKernelError(errors.CONTAINER_START_FAILED.format(image=plan.image, reason=reason))

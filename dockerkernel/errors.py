@@ -11,6 +11,10 @@ class DockerKernelError(Exception):
     """An error the user can fix; its message says how."""
 
 
+class PortTaken(DockerKernelError):
+    """Another program took a kernel port between its choice and the container's start."""
+
+
 DOCKER_UNREACHABLE = (
     "Cannot reach the Docker daemon ({reason}): start Docker, or give your user "
     "access to it (for example by adding it to the 'docker' group)."
@@ -97,3 +101,7 @@ WHEELS_UNAVAILABLE = (
 )
 BUILD_FAILED = "Building {what} failed ({reason}): fix the build, then run the install again."
 DOCKERFILE_MISSING = "No Dockerfile at '{path}': pass the path of an existing Dockerfile to --dockerfile."
+PORT_TAKEN = (
+    "Another program keeps taking the kernel's ports before its container can publish "
+    "them ({reason}): start the kernel again, or stop the program that grabs ports."
+)

@@ -19,11 +19,13 @@ from traitlets import TraitError
 
 from . import docker_ops, errors
 from .config import check_launchable, check_setting_names
-from .errors import DockerKernelError
+from .errors import DockerKernelError, PortTaken
 from .settings import DockerSettings
 from .spec import PORT_NAMES, ContainerPlan, plan_container
 
 T = TypeVar("T")
+
+PORT_ATTEMPTS = 3  # starts tried when another program takes a chosen port first
 
 _MANAGER_KWARGS = ("kernel_id", "kernel_spec", "parent", "config", "log")
 
@@ -48,6 +50,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     container_id: str | None = None
     _exit: Future[int] | None = None
     _plan: ContainerPlan | None = None
+    _plan_args: dict[str, Any]
     _ports_cached = False
 
     def __init__(self, **kwargs: Any) -> None:
@@ -112,10 +115,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
 
         if not self._ports_cached:
             # The same ports are kept across restarts, as for local kernels.
-            ports = LocalPortCache.instance()
-            for port_name in PORT_NAMES:
-                setattr(km, port_name, ports.find_available_port("127.0.0.1"))
-            self._ports_cached = True
+            self._choose_ports()
 
         extra_arguments = kwargs.pop("extra_arguments", [])
         kwargs = await super().pre_launch(**kwargs)  # applies the kernelspec's env substitutions
@@ -123,19 +123,28 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         km.write_connection_file(jupyter_session=env.get("JPY_SESSION_NAME", ""))
         self.connection_info = km.get_connection_info()
 
-        self._plan = plan_container(
-            self,
+        self._plan_args = dict(
             kernel_id=str(self.kernel_id),
             kernel_name=self.kernel_name,
-            connection_info=self.connection_info,
             cwd=cwd,
             spec_env={k: env[k] for k in self.kernel_spec.env if k in env},
             launch_env=env,
             extra_arguments=extra_arguments,
             owner=docker_ops.this_process_owner(),
         )
+        self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
         kwargs["cmd"] = self._plan.create_kwargs["command"]
         return kwargs
+
+    def _choose_ports(self) -> None:
+        """Free loopback ports for the kernel, set on the KernelManager."""
+        km: Any = self.parent
+        ports = LocalPortCache.instance()
+        for port_name in PORT_NAMES:
+            if self._ports_cached:
+                ports.return_port(getattr(km, port_name))
+            setattr(km, port_name, ports.find_available_port("127.0.0.1"))
+        self._ports_cached = True
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Pull the image if needed and start the container planned by pre_launch().
@@ -144,9 +153,21 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         in-container command already in the plan.
         """
         assert self._plan is not None, "pre_launch() plans the container"
-        container_id, self._exit = await _in_thread(
-            docker_ops.run_kernel_container, self._plan, self.pull_policy, self.log
-        )
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                container_id, self._exit = await _in_thread(
+                    docker_ops.run_kernel_container, self._plan, self.pull_policy, self.log
+                )
+                break
+            except PortTaken as e:
+                if attempt == PORT_ATTEMPTS:
+                    raise
+                # Another program took a port since pre_launch() chose it: choose again.
+                # KernelManager takes the new ports from the connection info returned.
+                self.log.info("Kernel %s: %s; trying other ports", self.kernel_id, e)
+                self._choose_ports()
+                self.connection_info = self.parent.get_connection_info()  # type: ignore[union-attr]
+                self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
         self.container_id = container_id
         self.log.info(
             "Kernel %s runs in container %s (image %s)", self.kernel_id, container_id[:12], self.image

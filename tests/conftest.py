@@ -221,15 +221,18 @@ def notebook_dir(tmp_path: Path) -> Path:
 async def jupyter_server(
     no_leftovers: None, jupyter_dirs: Path, tmp_path: Path
 ) -> AsyncIterator[Callable[..., Any]]:
-    """Start real Jupyter server processes (``app``: jupyter_server or jupyterlab) serving ``root_dir``.
+    """Start real Jupyter server processes (``app``: jupyter_server or jupyterlab) serving ``root_dir``,
+    with ``env`` added to the environment.
 
     They are stopped with SIGTERM after the test, before ``no_leftovers`` looks for containers.
     """
     servers: list[JupyterServer] = []
 
-    async def start(root_dir: Path, app: str = "jupyter_server") -> JupyterServer:
+    async def start(
+        root_dir: Path, app: str = "jupyter_server", env: dict[str, str] | None = None
+    ) -> JupyterServer:
         log = tmp_path / f"{app}-{len(servers)}.log"
-        servers.append(JupyterServer(root_dir, jupyter_dirs / "runtime", log, app))
+        servers.append(JupyterServer(root_dir, jupyter_dirs / "runtime", log, app, env))
         return await servers[-1].started()
 
     yield start

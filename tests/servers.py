@@ -24,7 +24,12 @@ class JupyterServer:
     """``python -m jupyter_server`` (or ``jupyterlab``) on a free loopback port."""
 
     def __init__(
-        self, root_dir: Path, runtime_dir: Path, log_path: Path, app: str = "jupyter_server"
+        self,
+        root_dir: Path,
+        runtime_dir: Path,
+        log_path: Path,
+        app: str = "jupyter_server",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.root_dir = root_dir
         self.token = secrets.token_hex(16)
@@ -36,7 +41,9 @@ class JupyterServer:
         ]  # fmt: skip
         if os.getuid() == 0:
             args.append("--allow-root")
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
         self.info_file = runtime_dir / f"jpserver-{self.process.pid}.json"
         self.url = ""
 
