@@ -1,0 +1,79 @@
+"""Kernels are fenced in: each point checked on a running kernel container, so that each check can fail."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import docker
+import psutil
+import pytest
+
+from dockerkernel.spec import CONTAINER_CONNECTION_FILE, PORT_NAMES
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+async def kernel(install_test_kernel: Any, start_kernel: Any, notebook_dir: Path) -> Any:
+    return await start_kernel(install_test_kernel("py3"), cwd=str(notebook_dir))
+
+
+async def test_kernel_ports_listen_on_loopback_only(kernel: Any, docker_client: docker.DockerClient) -> None:
+    ports = {int(kernel.km.get_connection_info()[name]) for name in PORT_NAMES}
+    listeners = [c for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
+    addresses = {(c.laddr.ip, c.laddr.port) for c in listeners if c.laddr.port in ports}
+    assert addresses == {("127.0.0.1", port) for port in ports}
+    published = docker_client.api.inspect_container(kernel.container_id)["NetworkSettings"]["Ports"]
+    assert {binding["HostIp"] for bindings in published.values() for binding in bindings} == {"127.0.0.1"}
+
+
+async def test_every_kernel_gets_a_fresh_random_key(
+    kernel: Any, start_kernel: Any, install_test_kernel: Any, notebook_dir: Path
+) -> None:
+    other = await start_kernel(install_test_kernel("py3", name="other"), cwd=str(notebook_dir))
+    keys = [k.km.session.key for k in (kernel, other)]
+    assert keys[0] != keys[1]
+    assert all(len(key) >= 32 for key in keys)
+    # The kernel in the container signs with the same key: it answers only signed requests.
+    reply = await kernel.execute(f"import json; print(json.load(open({CONTAINER_CONNECTION_FILE!r}))['key'])")
+    assert reply.stdout.strip().encode() == keys[0]
+
+
+async def test_connection_files_are_private(kernel: Any, jupyter_dirs: Path) -> None:
+    host_file = Path(kernel.km.connection_file)
+    assert host_file.stat().st_mode & 0o777 == 0o600
+    reply = await kernel.execute(
+        f"import os, json\npath = {CONTAINER_CONNECTION_FILE!r}\n"
+        "f, d = os.stat(path), os.stat(os.path.dirname(path))\n"
+        "print(json.dumps([oct(f.st_mode & 0o777), oct(d.st_mode & 0o777), f.st_uid]))"
+    )
+    assert json.loads(reply.stdout) == ["0o600", "0o700", os.getuid()]
+
+
+async def test_the_kernel_runs_as_the_invoking_user_without_new_privileges(
+    kernel: Any, docker_client: docker.DockerClient
+) -> None:
+    reply = await kernel.execute(
+        "import os\nprint(os.getuid(), os.getgid())\n"
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('NoNewPrivs')][0])"
+    )
+    ids, no_new_privs = reply.stdout.splitlines()
+    assert ids == f"{os.getuid()} {os.getgid()}"
+    assert no_new_privs == "1"
+    host_config = docker_client.api.inspect_container(kernel.container_id)["HostConfig"]
+    assert "no-new-privileges" in host_config["SecurityOpt"]
+
+
+async def test_no_docker_socket_capabilities_or_privileged_mode(
+    kernel: Any, docker_client: docker.DockerClient, notebook_dir: Path
+) -> None:
+    attrs = docker_client.api.inspect_container(kernel.container_id)
+    assert attrs["HostConfig"]["Privileged"] is False
+    assert not attrs["HostConfig"]["CapAdd"]
+    assert not attrs["HostConfig"]["Devices"]
+    assert [m["Destination"] for m in attrs["Mounts"]] == [str(notebook_dir)]  # and nothing else
+    reply = await kernel.execute("import os; print(os.path.exists('/var/run/docker.sock'))")
+    assert reply.stdout == "False\n"
