@@ -105,3 +105,8 @@ PORT_TAKEN = (
     "Another program keeps taking the kernel's ports before its container can publish "
     "them ({reason}): start the kernel again, or stop the program that grabs ports."
 )
+EXITED_DURING_STARTUP = (
+    "The kernel in Docker image '{image}' exited during start-up (status {status}: {reason}): "
+    "check that the image's Python has ipykernel and that the kernelspec's kernel_cmd is right "
+    "(`dockerkernel doctor` checks both)."
+)

@@ -9,15 +9,20 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import zmq
+import zmq.asyncio
 from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
-from traitlets import TraitError
+from traitlets import Bool, TraitError
 
-from . import docker_ops, errors
+from . import docker_ops, errors, fallback
 from .config import check_launchable, check_setting_names
 from .errors import DockerKernelError, PortTaken
 from .settings import DockerSettings
@@ -47,11 +52,27 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     runs as the user who runs Jupyter unless told otherwise.
     """
 
+    fallback_kernel = Bool(
+        False,
+        help="""When the kernel's container cannot start, or its kernel exits during
+        start-up, start a small kernel on the host that answers every execution
+        with the reason and the fix, instead of failing the start. The server
+        extension turns this on in Jupyter servers, where the notebook is where
+        the user looks; elsewhere (nbclient, papermill) the start fails with the
+        same sentence.""",
+    ).tag(config=True)
+
     container_id: str | None = None
     _exit: Future[int] | None = None
     _plan: ContainerPlan | None = None
     _plan_args: dict[str, Any]
     _ports_cached = False
+    _answered = False  # the kernel has answered a heartbeat since its container started
+    _container_status: int | None = None  # the exit status of the last container, once it exited
+    _stopped = False  # killed or terminated by KernelManager, not dead by itself
+    _heartbeat: asyncio.Task[None] | None = None
+    _early_exit = ""  # why the last container's kernel died before it ever answered
+    _fallback: subprocess.Popen[bytes] | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         spec = kwargs.get("kernel_spec")
@@ -90,16 +111,26 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         A container that has exited or is gone is not an error: KernelManager
         interrupts before every shutdown, also after the kernel has crashed.
         """
-        if self.container_id is not None:
+        if self._fallback is not None:
+            if self._fallback.poll() is None:
+                self._fallback.send_signal(signum)
+        elif self.container_id is not None:
             await _in_thread(docker_ops.signal_container, self._client(), self.container_id, signum)
 
     async def kill(self, restart: bool = False) -> None:
-        """Called by KernelManager when a kernel does not shut down in time."""
+        """Called by KernelManager when a kernel does not shut down in time, and to restart a dead one."""
+        self._note_stopped()
         await self.send_signal(signal.SIGKILL)
 
     async def terminate(self, restart: bool = False) -> None:
         """Called by KernelManager when a kernel does not answer a shutdown request."""
+        self._note_stopped()
         await self.send_signal(signal.SIGTERM)
+
+    def _note_stopped(self) -> None:
+        """A kernel still running when KernelManager stops it did not die by itself."""
+        if self._exit is not None and not self._exit.done():
+            self._stopped = True
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Choose ports, write the connection file and plan the container.
@@ -153,12 +184,40 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         in-container command already in the plan.
         """
         assert self._plan is not None, "pre_launch() plans the container"
+        try:
+            if self._early_exit:
+                # Restarting would only die again: say why instead of looping.
+                raise DockerKernelError(self._early_exit)
+            container_id = await self._start_container()
+        except DockerKernelError as e:
+            if not self.fallback_kernel:
+                raise
+            self.log.error("Kernel %s could not start: %s", self.kernel_id, e)
+            self._start_fallback(str(e))
+            return self.connection_info
+        self.container_id = container_id
+        self.log.info(
+            "Kernel %s runs in container %s (image %s)", self.kernel_id, container_id[:12], self.image
+        )
+        self._answered = self._stopped = False
+        self._container_status = None
+        assert self._exit is not None
+        self._exit.add_done_callback(self._record_exit)
+        self._heartbeat = asyncio.ensure_future(self._watch_heartbeat(self._exit))
+        return self.connection_info
+
+    def _record_exit(self, status: Future[int]) -> None:
+        # Kept past wait(), which KernelManager calls before cleanup().
+        self._container_status = status.result()
+
+    async def _start_container(self) -> str:
+        assert self._plan is not None
         for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
                 container_id, self._exit = await _in_thread(
                     docker_ops.run_kernel_container, self._plan, self.pull_policy, self.log
                 )
-                break
+                return container_id
             except PortTaken as e:
                 if attempt == PORT_ATTEMPTS:
                     raise
@@ -168,11 +227,41 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
                 self._choose_ports()
                 self.connection_info = self.parent.get_connection_info()  # type: ignore[union-attr]
                 self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
-        self.container_id = container_id
-        self.log.info(
-            "Kernel %s runs in container %s (image %s)", self.kernel_id, container_id[:12], self.image
+        raise AssertionError("unreachable")
+
+    async def _watch_heartbeat(self, exit_status: Future[int] | None) -> None:
+        """Ping the kernel's heartbeat until it answers once, or its container exits.
+
+        A kernel that exits without ever answering died during start-up: see cleanup().
+        """
+        context = zmq.asyncio.Context.instance()
+        address = f"tcp://127.0.0.1:{self.connection_info['hb_port']}"
+        while exit_status is not None and not exit_status.done():
+            socket = context.socket(zmq.REQ)
+            socket.linger = 0
+            try:
+                socket.connect(address)
+                await socket.send(b"ping")
+                if await socket.poll(500):
+                    await socket.recv()
+                    self._answered = True
+                    return
+            finally:
+                socket.close()
+
+    def _start_fallback(self, message: str) -> None:
+        """Run the fallback kernel on the host, on the kernel's ports; it shows ``message``."""
+        km: Any = self.parent
+        self._fallback = subprocess.Popen(
+            [sys.executable, "-m", "dockerkernel.fallback", "-f", km.connection_file],
+            env={**os.environ, fallback.MESSAGE_ENV: message},
+            stdin=subprocess.DEVNULL,
         )
-        return self.connection_info
+        self._early_exit = ""  # a restart by the user tries the container again
+        self._exit = Future()
+        self._exit.set_running_or_notify_cancel()
+        process, status = self._fallback, self._exit
+        threading.Thread(target=lambda: status.set_result(process.wait()), daemon=True).start()
 
     async def cleanup(self, restart: bool = False) -> None:
         """Remove the container; when not restarting, also give the ports back.
@@ -180,8 +269,23 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         Called by KernelManager at the end of every shutdown and restart, so a
         restart always gets a fresh container, on the same ports.
         """
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        if self._fallback is not None:
+            process, self._fallback = self._fallback, None
+            if process.poll() is None:
+                process.kill()
+            await _in_thread(process.wait)
         if self.container_id is not None:
             container_id, self.container_id = self.container_id, None
+            status = self._container_status
+            if restart and status is not None and not self._answered and not self._stopped:
+                reason = await _in_thread(docker_ops.last_log_line, self._client(), container_id)
+                self._early_exit = errors.EXITED_DURING_STARTUP.format(
+                    image=self.image, status=status, reason=reason
+                )
+                self.log.error("Kernel %s: %s", self.kernel_id, self._early_exit)
             await _in_thread(docker_ops.remove_container, self._client(), container_id)
         if self._ports_cached and not restart:
             ports = LocalPortCache.instance()

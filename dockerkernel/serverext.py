@@ -1,10 +1,14 @@
-"""The Jupyter server extension: at server start, remove kernel containers whose server is gone.
+"""The Jupyter server extension: remove kernel containers whose server is gone; show start errors.
 
 A server killed with SIGKILL (or a machine that lost power) cannot remove its
 kernels' containers. Every container carries its owner's host, pid and process
 start time (spec.Owner), so the next server to start can tell orphans from the
 kernels of servers that still run, its own user's other servers included, and
 removes only the orphans. `dockerkernel prune` does the same on request.
+
+It also turns on DockerProvisioner.fallback_kernel, so that in a server a
+kernel that cannot start answers every execution with the reason, unless the
+server's config sets it.
 
 pip enables the extension on install, through
 etc/jupyter/jupyter_server_config.d/dockerkernel.json.
@@ -20,8 +24,12 @@ from .errors import DockerKernelError
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
-    """Prune in a thread of its own: the Docker SDK blocks, and the server must start at once."""
+    """Turn on the fallback kernel, and prune in a thread: the Docker SDK blocks, the server must not."""
     log = serverapp.log
+    # In a server, a kernel that cannot start shows why in the notebook (see fallback.py).
+    provisioner_config = serverapp.config.DockerProvisioner
+    if "fallback_kernel" not in provisioner_config:
+        provisioner_config.fallback_kernel = True
 
     def prune() -> None:
         try:

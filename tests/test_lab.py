@@ -16,7 +16,7 @@ from typing import Any
 import docker
 import nbformat
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 
 pytestmark = pytest.mark.docker
 
@@ -53,9 +53,12 @@ async def pick_kernel(page: Page, display_name: str) -> None:
     dialog = page.locator(".jp-Dialog")
     await dialog.locator("select").select_option(label=display_name)
     await dialog.get_by_role("button", name="Select").click()
-    await expect(
-        page.locator(".jp-StatusBar-Widget").filter(has_text=f"{display_name} | Idle")
-    ).to_be_visible(timeout=KERNEL_START)
+    await expect(status_bar(page, f"{display_name} | Idle")).to_be_visible(timeout=KERNEL_START)
+
+
+def status_bar(page: Page, text: str) -> Locator:
+    """The kernel's status in JupyterLab's status bar, e.g. "Docker py3 | Idle"."""
+    return page.locator(".jp-StatusBar-Widget").filter(has_text=text)
 
 
 async def run_cell(page: Page, index: int, code: str | None = None) -> None:
@@ -110,16 +113,45 @@ async def test_switch_kernels_and_interrupt_in_jupyterlab(
 
         # Interrupt a long cell with the toolbar's button.
         await run_cell(page, 1, "import time; time.sleep(60)")
-        await expect(
-            page.locator(".jp-StatusBar-Widget").filter(has_text="Docker py3 | Busy")
-        ).to_be_visible()
+        await expect(status_bar(page, "Docker py3 | Busy")).to_be_visible()
         await page.get_by_role("button", name="Interrupt the kernel").click()
         second_output = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-OutputArea-output")
         await expect(second_output).to_contain_text("KeyboardInterrupt", timeout=10_000)
-        await expect(
-            page.locator(".jp-StatusBar-Widget").filter(has_text="Docker py3 | Idle")
-        ).to_be_visible()
+        await expect(status_bar(page, "Docker py3 | Idle")).to_be_visible()
         await screenshot(page, "lab-interrupt.png")
+    except Exception:
+        await screenshot(page, "lab-failure.png")
+        print(server.log())
+        raise
+
+
+async def test_a_kernel_that_cannot_start_shows_why_in_the_notebook(
+    dockerkernel: Any,
+    notebook_dir: Path,
+    jupyter_server: Any,
+    lab_settings: None,
+    browser: Browser,
+    docker_client: docker.DockerClient,
+) -> None:
+    image = "127.0.0.1:9/no/such-image:1"
+    install = ("install", "--image", image, "--name", "missing", "--display-name", "Broken", "--no-pull")
+    assert dockerkernel(*install).code == 0
+    notebook = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": "missing", "display_name": "missing", "language": "python"}}
+    )
+    notebook.cells = [nbformat.v4.new_code_cell("")]
+    nbformat.write(notebook, notebook_dir / "broken.ipynb")
+    server = await jupyter_server(notebook_dir.parent, app="jupyterlab")
+
+    page = await browser.new_page(viewport={"width": 1280, "height": 720})
+    await page.goto(server.lab_url("project/broken.ipynb"))
+    try:
+        await expect(status_bar(page, "Broken | Idle")).to_be_visible(timeout=KERNEL_START)
+        await run_cell(page, 0, "print('hello')")
+        output = page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".jp-OutputArea-output")
+        await expect(output).to_contain_text(f"Docker image '{image}' could not be pulled")
+        await expect(output).to_contain_text("or build the image locally.")
+        await screenshot(page, "lab-start-error.png")
     except Exception:
         await screenshot(page, "lab-failure.png")
         print(server.log())
