@@ -77,9 +77,9 @@ async def test_many_kernels_leak_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     name = install_test_kernel("py3")
-    mkm = AsyncMultiKernelManager()
     runtime_dir = jupyter_dirs / "runtime"
     runtime_dir.mkdir(parents=True, exist_ok=True)
+    mkm = AsyncMultiKernelManager(connection_dir=str(runtime_dir))  # as the server sets it
     ports: set[int] = set()
     # Warm up: the Docker client's connections and the provisioner's thread pool are made on first use.
     await asyncio.gather(*(cycle(mkm, name, str(notebook_dir), ports) for _ in range(CONCURRENT)))
