@@ -192,6 +192,9 @@ def _start_error(plan: ContainerPlan, e: APIError) -> DockerKernelError:
     reason = _reason(e)
     if "could not select device driver" in reason and "gpu" in reason:
         return DockerKernelError(errors.GPUS_UNAVAILABLE.format(gpus=plan.gpus))
+    if "executable file not found" in reason or ("exec:" in reason and "no such file" in reason):
+        command = plan.create_kwargs["command"][0]
+        return DockerKernelError(errors.KERNEL_CMD_NOT_FOUND.format(image=plan.image, command=command))
     if "address already in use" in reason or "port is already allocated" in reason:
         return PortTaken(errors.PORT_TAKEN.format(reason=reason))
     if isinstance(e, ImageNotFound):

@@ -107,6 +107,15 @@ PORT_TAKEN = (
 )
 EXITED_DURING_STARTUP = (
     "The kernel in Docker image '{image}' exited during start-up (status {status}: {reason}): "
-    "check that the image's Python has ipykernel and that the kernelspec's kernel_cmd is right "
-    "(`dockerkernel doctor` checks both)."
+    "check that the image's Python has ipykernel (`dockerkernel doctor` checks it), that the "
+    "kernelspec's kernel_cmd is right, and that the image's ENTRYPOINT runs the command it is given."
+)
+ENVIRONMENT_TOO_LARGE = (
+    "The kernel's environment is too large to start a process with ({count} variables, "
+    "{size} bytes, the largest '{largest}'): remove the large variables from the kernelspec's "
+    "env or the environment setting."
+)
+KERNEL_CMD_NOT_FOUND = (
+    "Docker image '{image}' has no '{command}' to start the kernel with: install the kernelspec "
+    "again with --python naming the image's Python (for example python or python3.11) and --replace."
 )

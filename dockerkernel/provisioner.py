@@ -12,8 +12,9 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import zmq
@@ -73,6 +74,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     _heartbeat: asyncio.Task[None] | None = None
     _early_exit = ""  # why the last container's kernel died before it ever answered
     _fallback: subprocess.Popen[bytes] | None = None
+    _start_error = ""  # found by pre_launch(), shown by the fallback kernel
 
     def __init__(self, **kwargs: Any) -> None:
         spec = kwargs.get("kernel_spec")
@@ -142,7 +144,9 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         if km.transport != "tcp" or km.ip not in ("127.0.0.1", "localhost"):
             raise DockerKernelError(errors.LOOPBACK_ONLY.format(ip=km.ip, transport=km.transport))
         cwd = os.path.abspath(os.fspath(kwargs.get("cwd") or os.getcwd()))
-        check_launchable(self, self.kernel_name, cwd)
+        self._start_error = ""
+        with self._deferred_if_fallback():
+            check_launchable(self, self.kernel_name, cwd)
 
         if not self._ports_cached:
             # The same ports are kept across restarts, as for local kernels.
@@ -163,9 +167,20 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             extra_arguments=extra_arguments,
             owner=docker_ops.this_process_owner(),
         )
-        self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
-        kwargs["cmd"] = self._plan.create_kwargs["command"]
+        with self._deferred_if_fallback():
+            self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
+        kwargs["cmd"] = self._plan.create_kwargs["command"] if self._plan else []
         return kwargs
+
+    @contextmanager
+    def _deferred_if_fallback(self) -> Iterator[None]:
+        """With the fallback kernel, an error found before the launch is shown by it at launch."""
+        try:
+            yield
+        except DockerKernelError as e:
+            if not self.fallback_kernel:
+                raise
+            self._start_error = self._start_error or str(e)
 
     def _choose_ports(self) -> None:
         """Free loopback ports for the kernel, set on the KernelManager."""
@@ -183,11 +198,10 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         Called by KernelManager right after pre_launch(); ``cmd`` is the
         in-container command already in the plan.
         """
-        assert self._plan is not None, "pre_launch() plans the container"
         try:
-            if self._early_exit:
-                # Restarting would only die again: say why instead of looping.
-                raise DockerKernelError(self._early_exit)
+            if self._start_error or self._early_exit:
+                # Restarting after an early exit would only die again: say why instead of looping.
+                raise DockerKernelError(self._start_error or self._early_exit)
             container_id = await self._start_container()
         except DockerKernelError as e:
             if not self.fallback_kernel:
@@ -282,9 +296,13 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             status = self._container_status
             if restart and status is not None and not self._answered and not self._stopped:
                 reason = await _in_thread(docker_ops.last_log_line, self._client(), container_id)
-                self._early_exit = errors.EXITED_DURING_STARTUP.format(
-                    image=self.image, status=status, reason=reason
-                )
+                if status == 127 and self._plan is not None:  # the init process found no such command
+                    command = self._plan.create_kwargs["command"][0]
+                    self._early_exit = errors.KERNEL_CMD_NOT_FOUND.format(image=self.image, command=command)
+                else:
+                    self._early_exit = errors.EXITED_DURING_STARTUP.format(
+                        image=self.image, status=status, reason=reason
+                    )
                 self.log.error("Kernel %s: %s", self.kernel_id, self._early_exit)
             await _in_thread(docker_ops.remove_container, self._client(), container_id)
         if self._ports_cached and not restart:

@@ -18,6 +18,8 @@ from typing import Any
 
 from docker.types import DeviceRequest
 
+from . import errors
+from .errors import DockerKernelError
 from .settings import DockerSettings, parse_volume
 
 # Where a kernel's own files live inside its container. The connection file is
@@ -69,6 +71,11 @@ PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port
 # exit at once under an init process, the host's PATH breaks images, and secrets
 # would end up in the container's configuration.
 PASSED_THROUGH = ("JPY_SESSION_NAME",)
+
+# Linux starts no process whose environment is larger (ARG_MAX is commonly 2 MiB,
+# shared with the arguments), nor one with a single variable over 128 KiB.
+ENV_TOTAL_LIMIT = 1024 * 1024
+ENV_VALUE_LIMIT = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,12 @@ def kernel_environment(
         env["HOME"] = CONTAINER_HOME
     env.update(spec_env)
     env.update(settings.environment)
+    sizes = {name: len(name.encode()) + len(value.encode()) + 2 for name, value in env.items()}
+    largest = max(sizes, key=sizes.__getitem__, default="")
+    if sum(sizes.values()) > ENV_TOTAL_LIMIT or sizes.get(largest, 0) > ENV_VALUE_LIMIT:
+        raise DockerKernelError(
+            errors.ENVIRONMENT_TOO_LARGE.format(size=sum(sizes.values()), count=len(env), largest=largest)
+        )
     return env
 
 

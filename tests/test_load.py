@@ -60,7 +60,7 @@ async def cycle(mkm: AsyncMultiKernelManager, name: str, cwd: str, ports: set[in
     kc.start_channels()
     try:
         await kc.wait_for_ready(timeout=60)
-        reply = await kc.execute_interactive("print(6 * 7)", timeout=30)
+        reply = await kc.execute_interactive("print(6 * 7)", timeout=30, output_hook=lambda msg: None)
         assert reply["content"]["status"] == "ok"
     finally:
         kc.stop_channels()
