@@ -88,7 +88,31 @@ def _daemon_errors() -> Iterator[None]:
     try:
         yield
     except requests.exceptions.ConnectionError as e:
+        _release_frames(e)
         raise DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=_reason(e))) from e
+
+
+def _release_frames(exc: BaseException) -> None:
+    """Close the sockets left in the frames of an exception, and the exceptions it carries.
+
+    When the daemon is gone, the Docker SDK's unix-socket connection raises from
+    connect() without closing the socket it made, leaving it to the garbage
+    collector with a ResourceWarning; it is closed here instead.
+    """
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            for value in list(tb.tb_frame.f_locals.values()):
+                if isinstance(value, socket.socket):
+                    value.close()
+            tb = tb.tb_next
+        carried = (current.__cause__, current.__context__, *current.args)
+        pending += [e for e in carried if isinstance(e, BaseException)]
 
 
 def this_process_owner() -> Owner:

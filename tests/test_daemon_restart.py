@@ -18,7 +18,7 @@ import docker
 import psutil
 import pytest
 
-from dockerkernel import errors
+from dockerkernel import docker_ops, errors
 from dockerkernel.errors import DockerKernelError
 
 pytestmark = pytest.mark.docker
@@ -38,9 +38,6 @@ async def wait_for(condition: Any, what: str, timeout: float = 60) -> None:
         await asyncio.sleep(0.1)
 
 
-# The daemon's going drops the Docker SDK's pooled connections, whose sockets the
-# garbage collector then closes: not a leak of dockerkernel's (see test_load.py).
-@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_kernel_is_reported_dead_and_restarts_once_the_daemon_is_back(
     install_test_kernel: Any, start_kernel: Any, notebook_dir: Path, docker_client: docker.DockerClient
 ) -> None:
@@ -74,8 +71,10 @@ async def test_kernel_is_reported_dead_and_restarts_once_the_daemon_is_back(
 
     async def daemon_up() -> bool:
         try:
-            return bool(docker_client.ping())
-        except Exception:
+            return bool(
+                await asyncio.to_thread(docker_ops.has_nvidia_runtime, docker_ops.get_client()) is not None
+            )
+        except DockerKernelError:
             return False
 
     await wait_for(daemon_up, "dockerd to come back")
