@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="if the image lacks ipykernel, build a kernel-ready image on top of it (wheels fetched here)",
     )
     p.add_argument(
+        "--curve",
+        action="store_true",
+        help="declare that the kernel can encrypt its channels with CurveZMQ (checked in the image); "
+        "Jupyter then encrypts them where KernelManager.transport_encryption is 'auto' or 'required'",
+    )
+    p.add_argument(
         "--dockerfile",
         metavar="PATH",
         help="build this Dockerfile (its folder is the build context) and install a kernel for the result; "
@@ -176,6 +182,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         config=config,
         env=env,
         metadata=metadata,
+        curve=args.curve,
         user=prefix is None,
         prefix=prefix,
         replace=args.replace,
@@ -203,6 +210,8 @@ def _make_kernel_ready(args: argparse.Namespace, config: dict[str, Any]) -> dict
         config["pull_policy"] = "never"  # built here: there is nothing to pull
         metadata["base_image"] = image
         found = images.probe(client, config["image"], python)
+    if args.curve and not found.curve:
+        raise DockerKernelError(errors.CURVE_UNSUPPORTED.format(version=found.ipykernel, image=image))
     _show(f"Image {config['image']}: Python {found.python}, ipykernel {found.ipykernel}.")
     metadata["probe"] = found.metadata()
     return metadata

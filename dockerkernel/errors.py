@@ -119,3 +119,7 @@ KERNEL_CMD_NOT_FOUND = (
     "Docker image '{image}' has no '{command}' to start the kernel with: install the kernelspec "
     "again with --python naming the image's Python (for example python or python3.11) and --replace."
 )
+CURVE_UNSUPPORTED = (
+    "The ipykernel ({version}) of Docker image '{image}' cannot encrypt kernel channels with "
+    "CurveZMQ: install without --curve, or use an image with an ipykernel that supports it."
+)

@@ -41,6 +41,12 @@ try:
     version = ipykernel.__version__
 except Exception:
     version = None
+try:  # encrypted kernel channels (CurveZMQ), in the newest ipykernels
+    import inspect
+    from ipykernel.heartbeat import Heartbeat
+    curve = "curve_publickey" in inspect.signature(Heartbeat.__init__).parameters
+except Exception:
+    curve = False
 try:
     libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
 except (AttributeError, ValueError, OSError):  # Python 2: the glibc the binary needs at least
@@ -51,6 +57,7 @@ print(json.dumps({
     "machine": platform.machine(),
     "libc": libc,
     "wide_unicode": sys.maxunicode > 65535,
+    "curve": curve,
 }))
 """
 
@@ -67,6 +74,7 @@ class ImageProbe:
     machine: str  # e.g. "x86_64"
     libc: str  # e.g. "glibc 2.36"; "" for musl and others
     wide_unicode: bool
+    curve: bool = False  # its ipykernel can encrypt the kernel channels with CurveZMQ
 
     @property
     def major_minor(self) -> tuple[int, int]:

@@ -51,6 +51,7 @@ def kernel_json(
     config: Mapping[str, Any],
     env: Mapping[str, str],
     metadata: Mapping[str, Any] | None = None,
+    curve: bool = False,
 ) -> dict[str, Any]:
     """The kernel.json of a Docker kernel.
 
@@ -83,6 +84,9 @@ def kernel_json(
     }
     if metadata:
         spec["metadata"]["dockerkernel"] = dict(metadata)
+    if curve:
+        # jupyter_client encrypts the channels when KernelManager.transport_encryption allows it.
+        spec["metadata"]["supported_encryption"] = "curve"
     return spec
 
 
@@ -121,6 +125,7 @@ def install(
     config: Mapping[str, Any],
     env: Mapping[str, str] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    curve: bool = False,
     user: bool = False,
     prefix: str | None = None,
     replace: bool = False,
@@ -138,7 +143,9 @@ def install(
     destination = ksm._get_destination_dir(name, user=user, prefix=prefix)
     if os.path.exists(destination) and not replace:
         raise DockerKernelError(errors.KERNELSPEC_EXISTS.format(name=name, path=destination))
-    spec = kernel_json(display_name=display_name, config=config, env=env or {}, metadata=metadata)
+    spec = kernel_json(
+        display_name=display_name, config=config, env=env or {}, metadata=metadata, curve=curve
+    )
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, "kernel.json"), "w") as f:
             json.dump(spec, f, indent=1)

@@ -152,6 +152,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             # The same ports are kept across restarts, as for local kernels.
             self._choose_ports()
 
+        self._enable_curve_if_asked(km)
         extra_arguments = kwargs.pop("extra_arguments", [])
         kwargs = await super().pre_launch(**kwargs)  # applies the kernelspec's env substitutions
         env = kwargs.pop("env")
@@ -181,6 +182,19 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             if not self.fallback_kernel:
                 raise
             self._start_error = self._start_error or str(e)
+
+    def _enable_curve_if_asked(self, km: Any) -> None:
+        """Encrypt the kernel's channels with CurveZMQ, as the local provisioner does.
+
+        When KernelManager.transport_encryption is 'required', or 'auto' and the
+        kernelspec declares 'curve' support (`dockerkernel install --curve`). The
+        keys go into the connection file, the kernel's copy included; they are
+        kept across restarts, like the session key.
+        """
+        policy = getattr(km, "_transport_encryption_policy", lambda: "disabled")()
+        supported = getattr(km, "_kernel_supports_curve_encryption", lambda: False)()
+        if (policy == "required" or (policy == "auto" and supported)) and km.curve_publickey is None:
+            km.curve_publickey, km.curve_secretkey = zmq.curve_keypair()
 
     def _choose_ports(self) -> None:
         """Free loopback ports for the kernel, set on the KernelManager."""
@@ -253,6 +267,10 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         while exit_status is not None and not exit_status.done():
             socket = context.socket(zmq.REQ)
             socket.linger = 0
+            if "curve_publickey" in self.connection_info:  # as jupyter_client's own sockets do
+                public = self.connection_info["curve_publickey"].encode()
+                socket.curve_secretkey = self.connection_info["curve_secretkey"].encode()
+                socket.curve_publickey = socket.curve_serverkey = public
             try:
                 socket.connect(address)
                 await socket.send(b"ping")

@@ -10,7 +10,10 @@ from typing import Any
 import docker
 import psutil
 import pytest
+import zmq
+from jupyter_client.manager import AsyncKernelManager
 
+from dockerkernel import errors
 from dockerkernel.spec import CONTAINER_CONNECTION_FILE, PORT_NAMES
 
 pytestmark = pytest.mark.docker
@@ -77,3 +80,45 @@ async def test_no_docker_socket_capabilities_or_privileged_mode(
     assert [m["Destination"] for m in attrs["Mounts"]] == [str(notebook_dir)]  # and nothing else
     reply = await kernel.execute("import os; print(os.path.exists('/var/run/docker.sock'))")
     assert reply.stdout == "False\n"
+
+
+async def test_curve_encrypts_the_kernel_channels(
+    dockerkernel: Any, docker_client: docker.DockerClient, notebook_dir: Path, no_leftovers: None
+) -> None:
+    """`install --curve` checks the image's ipykernel; transport_encryption then encrypts every channel."""
+    assert dockerkernel("install", "--image", "dockerkernel-test/py3", "--name", "curve", "--curve").code == 0
+    km = AsyncKernelManager(kernel_name="curve", transport_encryption="required")
+    await km.start_kernel(cwd=str(notebook_dir))
+    kc = km.client()
+    kc.start_channels()
+    plain = zmq.Context.instance().socket(zmq.DEALER)
+    try:
+        await kc.wait_for_ready(timeout=60)
+        info = km.get_connection_info()
+        assert info["curve_publickey"] and info["curve_secretkey"]
+        reply = await kc.execute_interactive(
+            f"import json; print(sorted(json.load(open({CONTAINER_CONNECTION_FILE!r}))))",
+            timeout=30,
+            output_hook=lambda msg: None,
+        )
+        assert reply["content"]["status"] == "ok"
+        # A client without the keys gets nothing from the shell channel.
+        plain.linger = 0
+        plain.connect(f"tcp://127.0.0.1:{info['shell_port']}")
+        km.session.send(plain, km.session.msg("kernel_info_request"))
+        assert not plain.poll(2000)
+    finally:
+        plain.close()
+        kc.stop_channels()
+        await km.shutdown_kernel()
+
+
+def test_curve_is_refused_for_an_image_whose_ipykernel_lacks_it(
+    dockerkernel: Any, docker_client: Any
+) -> None:
+    args = ["--image", "dockerkernel-test/py2", "--name", "old", "--python", "python", "--curve"]
+    result = dockerkernel("install", *args)
+    assert result.code == 1
+    assert result.err.splitlines()[-1] == "dockerkernel: " + errors.CURVE_UNSUPPORTED.format(
+        version="4.10.1", image="dockerkernel-test/py2"
+    )
