@@ -21,6 +21,8 @@ import pytest
 from dockerkernel import docker_ops, errors
 from dockerkernel.errors import DockerKernelError
 
+from waiting import wait_until
+
 pytestmark = pytest.mark.docker
 
 
@@ -29,13 +31,6 @@ def dockerd() -> psutil.Process:
         if process.info["name"] == "dockerd":
             return process
     pytest.fail("no dockerd process on this machine to restart; tests/run.sh starts one")
-
-
-async def wait_for(condition: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def test_kernel_is_reported_dead_and_restarts_once_the_daemon_is_back(
@@ -54,7 +49,7 @@ async def test_kernel_is_reported_dead_and_restarts_once_the_daemon_is_back(
     async def dead() -> bool:
         return not await kernel.km.is_alive()
 
-    await wait_for(dead, "the kernel to be reported dead")
+    await wait_until(dead, "the kernel to be reported dead")
     # With the daemon down a restart fails at once, with one sentence.
     started = time.monotonic()
     with pytest.raises(DockerKernelError) as info:
@@ -77,7 +72,7 @@ async def test_kernel_is_reported_dead_and_restarts_once_the_daemon_is_back(
         except DockerKernelError:
             return False
 
-    await wait_for(daemon_up, "dockerd to come back")
+    await wait_until(daemon_up, "dockerd to come back")
     await kernel.km.restart_kernel(now=True)
     await kernel.kc.wait_for_ready(timeout=60)
     reply = await kernel.execute("print('back'); x")

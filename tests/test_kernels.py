@@ -12,7 +12,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,8 @@ from dockerkernel.spec import (
     LABEL_OWNER_PID,
     plan_container,
 )
+
+from waiting import wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -270,14 +271,6 @@ async def test_install_refuses_an_image_that_cannot_be_pulled(dockerkernel: Any,
     assert result.code == 1
     assert "Docker image '127.0.0.1:9/no/such-image:1' could not be pulled" in result.err
     assert dockerkernel("list").out.startswith("No dockerkernel kernelspecs")
-
-
-async def wait_until(condition: Any, timeout: float = 30, what: str = "condition") -> None:
-    """Poll ``condition`` until it is true, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_environment_is_an_allow_list(

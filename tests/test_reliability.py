@@ -16,6 +16,8 @@ from dockerkernel import errors
 from dockerkernel.provisioner import DockerProvisioner
 from dockerkernel.spec import LABEL_KERNEL_ID
 
+from waiting import wait_until
+
 pytestmark = pytest.mark.docker
 
 
@@ -64,14 +66,13 @@ async def test_server_restarts_a_kernel_that_died_in_a_new_container(
     try:
         assert (await ws.execute("x = 1")).status == "ok"
         ws.send("execute_request", {"code": "import os; os._exit(1)", "silent": False})
+
         # The server's restarter notices, and starts the kernel again in a new container.
-        deadline = time.monotonic() + 60
-        while True:
+        def restarted() -> bool:
             found = containers()
-            if len(found) == 1 and found[0].id != first.id and found[0].status == "running":
-                break
-            assert time.monotonic() < deadline, f"no restart: {[(c.short_id, c.status) for c in found]}"
-            await asyncio.sleep(0.1)
+            return len(found) == 1 and found[0].id != first.id and found[0].status == "running"
+
+        await wait_until(restarted, "the server to restart the kernel in a new container")
     finally:
         ws.close()
     ws = await server.kernel_websocket(kernel["id"], "after-crash")

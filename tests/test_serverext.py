@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,8 @@ import docker
 import pytest
 
 from dockerkernel.spec import LABEL_OWNER_PID
+
+from waiting import wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -36,10 +36,7 @@ async def test_next_server_reaps_the_kernels_of_a_killed_server(
     assert len(containers_of(killed)) == 3
 
     reaper = await jupyter_server(notebook_dir.parent)
-    deadline = time.monotonic() + 60
-    while containers_of(killed):
-        assert time.monotonic() < deadline, "the new server did not remove the orphaned containers"
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: not containers_of(killed), "the new server to remove the orphaned containers")
     assert "removed 3 kernel container(s) whose server is gone" in reaper.log()
 
     # The live server's kernel was not touched, and still works.

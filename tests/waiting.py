@@ -1,0 +1,25 @@
+"""Waiting on conditions, with a deadline: the tests' only way to wait."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+async def wait_until(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    """Poll ``condition`` (a function, or a coroutine function) until it returns a true value.
+
+    Returns that value; fails the test, naming ``what``, after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        await asyncio.sleep(0.05)
