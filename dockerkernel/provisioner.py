@@ -313,14 +313,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             container_id, self.container_id = self.container_id, None
             status = self._container_status
             if restart and status is not None and not self._answered and not self._stopped:
-                reason = await _in_thread(docker_ops.last_log_line, self._client(), container_id)
-                if status == 127 and self._plan is not None:  # the init process found no such command
-                    command = self._plan.create_kwargs["command"][0]
-                    self._early_exit = errors.KERNEL_CMD_NOT_FOUND.format(image=self.image, command=command)
-                else:
-                    self._early_exit = errors.EXITED_DURING_STARTUP.format(
-                        image=self.image, status=status, reason=reason
-                    )
+                self._early_exit = await self._why_it_died(container_id, status)
                 self.log.error("Kernel %s: %s", self.kernel_id, self._early_exit)
             await _in_thread(docker_ops.remove_container, self._client(), container_id)
         if self._ports_cached and not restart:
@@ -328,6 +321,14 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             for port_name in PORT_NAMES:
                 ports.return_port(int(self.connection_info[port_name]))  # type: ignore[literal-required]
             self._ports_cached = False
+
+    async def _why_it_died(self, container_id: str, status: int) -> str:
+        """The sentence for a kernel that exited during start-up, from its container's last words."""
+        if status == 127 and self._plan is not None:  # the init process found no such command
+            command = self._plan.create_kwargs["command"][0]
+            return errors.KERNEL_CMD_NOT_FOUND.format(image=self.image, command=command)
+        reason = await _in_thread(docker_ops.last_log_line, self._client(), container_id)
+        return errors.EXITED_DURING_STARTUP.format(image=self.image, status=status, reason=reason)
 
     async def get_provisioner_info(self) -> dict[str, Any]:
         info = await super().get_provisioner_info()
