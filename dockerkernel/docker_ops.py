@@ -300,7 +300,7 @@ def signal_container(client: docker.DockerClient, container_id: str, signum: int
 
 
 def last_log_line(client: docker.DockerClient, container_id: str) -> str:
-    """The last line a container wrote, for telling why it exited; '' when there is none."""
+    """The last line a container wrote, for telling why it exited; 'no output' when there is none."""
     with _daemon_errors(), _gone_is_fine():
         lines = client.api.logs(container_id, tail=20).decode(errors="replace").strip().splitlines()
         return lines[-1].strip()[:300] if lines else "no output"

@@ -35,13 +35,14 @@ def run_checks() -> Iterator[Check]:
     yield Check(
         "Docker daemon", True, f"reachable, Docker {version['Version']} (API {version['ApiVersion']})"
     )
-    yield from gpu_checks(client)
-    for kernel in kernelspec.installed():
+    kernels = kernelspec.installed()
+    yield from gpu_checks(client, kernels)
+    for kernel in kernels:
         yield kernel_check(client, kernel)
     yield extension_check()
 
 
-def gpu_checks(client: docker.DockerClient) -> Iterator[Check]:
+def gpu_checks(client: docker.DockerClient, kernels: list[kernelspec.InstalledKernel]) -> Iterator[Check]:
     if not docker_ops.has_nvidia_runtime(client):
         yield Check(
             "NVIDIA runtime",
@@ -51,7 +52,7 @@ def gpu_checks(client: docker.DockerClient) -> Iterator[Check]:
         )
         return
     yield Check("NVIDIA runtime", True, "present")
-    image = next((k.image for k in kernelspec.installed() if _present(client, k.image)), None)
+    image = next((k.image for k in kernels if _present(client, k.image)), None)
     if image is None:
         yield Check("GPUs", False, "no installed kernel's image is present to run nvidia-smi in: pull one.")
         return

@@ -141,27 +141,25 @@ def manylinux_platforms(found: ImageProbe) -> list[str]:
 def _requirements(found: ImageProbe, dest: str) -> list[list[str]]:
     """pip download argument lists for what the image needs, writing requirement files to ``dest``."""
     major, minor = found.major_minor
-    target = ["--python-version", f"{major}.{minor}", "--implementation", "cp"]
+    if major != 2 and (major, minor) < (3, 8):
+        raise DockerKernelError(errors.PYTHON_TOO_OLD.format(version=found.python))
+    abi = ("cp27mu" if found.wide_unicode else "cp27m") if major == 2 else f"cp{major}{minor}"
+    platforms = [arg for tag in manylinux_platforms(found) for arg in ("--platform", tag)]
+    target = ["--python-version", f"{major}.{minor}", "--implementation", "cp", "--abi", abi, *platforms]
     if major == 2:
-        target += ["--abi", "cp27mu" if found.wide_unicode else "cp27m"]
         pinned = resources.files("dockerkernel.kernel_ready") / "python2"
         for name in ("build-requirements.txt", "requirements.txt", "sdists.txt"):
             with open(os.path.join(dest, name), "w") as f:
                 f.write((pinned / name).read_text())
-        platforms = [arg for tag in manylinux_platforms(found) for arg in ("--platform", tag)]
-        binary = ["--no-deps", "--only-binary=:all:", *target, *platforms]
+        binary = ["--no-deps", "--only-binary=:all:", *target]
         return [
             [*binary, "-r", os.path.join(dest, "build-requirements.txt")],
             [*binary, "-r", os.path.join(dest, "requirements.txt")],
             ["--no-deps", "--no-binary=:all:", "-r", os.path.join(dest, "sdists.txt")],
         ]
-    if (major, minor) < (3, 8):
-        raise DockerKernelError(errors.PYTHON_TOO_OLD.format(version=found.python))
-    target += ["--abi", f"cp{major}{minor}"]
     with open(os.path.join(dest, "requirements.txt"), "w") as f:
         f.write("ipykernel\npip\n")
-    platforms = [arg for tag in manylinux_platforms(found) for arg in ("--platform", tag)]
-    return [["--only-binary=:all:", *target, *platforms, "-r", os.path.join(dest, "requirements.txt")]]
+    return [["--only-binary=:all:", *target, "-r", os.path.join(dest, "requirements.txt")]]
 
 
 def download_wheels(found: ImageProbe, dest: str, show: Show) -> None:
