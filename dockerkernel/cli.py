@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import pwd
 import re
 import sys
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from . import __version__, docker_ops, doctor, errors, images, kernelspec
 from .errors import DockerKernelError
 from .pulls import PullBars
 from .settings import DEFAULT_KERNEL_CMD, DockerSettings
-from .spec import LABEL_KERNEL_ID, LABEL_KERNELSPEC
+from .spec import LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER_UID
 
 
 def _help(trait: str) -> str:
@@ -92,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("uninstall", help="remove a dockerkernel kernelspec")
     p.add_argument("name")
+    p.add_argument(
+        "--purge",
+        action="store_true",
+        help="also remove your kernel home for it (caches, pip install --user)",
+    )
 
     p = sub.add_parser("list", help="list the installed dockerkernel kernelspecs")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -101,10 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pull", help="pull the image of a kernelspec or preset, or any image, with progress")
     p.add_argument("target", metavar="NAME|IMAGE", help="an installed kernelspec, a preset, or an image")
 
-    p = sub.add_parser("ps", help="list kernel containers")
+    p = sub.add_parser("ps", help="list your kernel containers")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--all", action="store_true", help="list every user's kernel containers")
 
-    sub.add_parser("prune", help="remove kernel containers whose Jupyter server or launcher is gone")
+    sub.add_parser("prune", help="remove your kernel containers whose Jupyter server or launcher is gone")
 
     sub.add_parser(
         "doctor", help="check Docker, GPUs, the installed kernels' images and the server extension"
@@ -174,7 +181,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         # Pull before installing, so that a kernelspec is never left naming an image that cannot be had.
         result = _pull(config["image"], "missing")
         print(result or f"Image {config['image']} is present.", file=sys.stderr)
-    if args.dockerfile or not args.no_pull:
+    if args.dockerfile or not args.no_pull or _present_for_no_pull(args, config["image"]):
         metadata = _make_kernel_ready(args, config)
     path = kernelspec.install(
         name=name,
@@ -191,6 +198,23 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _present_for_no_pull(args: argparse.Namespace, image: str) -> bool:
+    """With --no-pull, whether the image is here to be checked; refused where a flag needs it."""
+    client = docker_ops.get_client()
+    if docker_ops.image_present(client, image):
+        return True
+    flags = [
+        f for f, given in (("--add-ipykernel", _wants_ipykernel(args)), ("--curve", args.curve)) if given
+    ]
+    if flags:
+        raise DockerKernelError(errors.NO_PULL_NEEDS_IMAGE.format(flag=flags[0], image=image))
+    return False
+
+
+def _wants_ipykernel(args: argparse.Namespace) -> bool:
+    return bool(args.add_ipykernel or (args.preset and kernelspec.get_preset(args.preset).add_ipykernel))
+
+
 def _show(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -203,8 +227,7 @@ def _make_kernel_ready(args: argparse.Namespace, config: dict[str, Any]) -> dict
     found = images.probe(client, image, python)
     metadata: dict[str, Any] = {}
     if found.ipykernel is None:
-        wanted = args.add_ipykernel or (args.preset and kernelspec.get_preset(args.preset).add_ipykernel)
-        if not wanted:
+        if not _wants_ipykernel(args):
             raise DockerKernelError(errors.NO_IPYKERNEL.format(image=image, python=found.python))
         config["image"] = images.add_ipykernel(client, image, python, found, _show)
         config["pull_policy"] = "never"  # built here: there is nothing to pull
@@ -235,6 +258,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
+    home = next((k.home for k in kernelspec.installed() if k.name == args.name), "")
+    if args.purge and home:
+        # First the home, which a running kernel may hold: then nothing is half removed.
+        removed = docker_ops.remove_home(docker_ops.get_client(), home)
+        print(f"Removed kernel home {home}" if removed else f"No kernel home {home} to remove")
     path = kernelspec.uninstall(args.name)
     print(f"Removed kernelspec {args.name} from {path}")
     return 0
@@ -253,11 +281,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     elif not kernels:
         print("No dockerkernel kernelspecs are installed: try `dockerkernel install python3`.")
     else:
-        print(
-            _table(
-                [("NAME", "IMAGE", "GPUS", "LOCATION")] + [(k.name, k.image, k.gpus, k.path) for k in kernels]
-            )
-        )
+        rows = [(k.name, k.image, k.gpus, k.home or "(in the container)", k.path) for k in kernels]
+        print(_table([("NAME", "IMAGE", "GPUS", "HOME VOLUME", "LOCATION"), *rows]))
     return 0
 
 
@@ -269,9 +294,17 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _container_rows() -> list[dict[str, Any]]:
+def _user_name(uid: str) -> str:
+    try:
+        return pwd.getpwuid(int(uid)).pw_name
+    except (KeyError, ValueError):
+        return uid or "?"
+
+
+def _container_rows(every_user: bool) -> list[dict[str, Any]]:
+    mine = {} if every_user else {LABEL_OWNER_UID: str(os.getuid())}
     rows = []
-    for c in docker_ops.kernel_containers(docker_ops.get_client()):
+    for c in docker_ops.kernel_containers(docker_ops.get_client(), **mine):
         alive = docker_ops.owner_alive(c.labels)
         rows.append(
             {
@@ -280,7 +313,8 @@ def _container_rows() -> list[dict[str, Any]]:
                 "status": c.status,
                 "kernelspec": c.labels.get(LABEL_KERNELSPEC, ""),
                 "kernel_id": c.labels.get(LABEL_KERNEL_ID, ""),
-                "owner": {True: "running", False: "gone", None: "other host"}[alive],
+                "user": _user_name(c.labels.get(LABEL_OWNER_UID, "")),
+                "owner": {True: "running", False: "gone", None: "unknown"}[alive],
                 "image": c.attrs.get("Config", {}).get("Image", ""),
             }
         )
@@ -288,13 +322,15 @@ def _container_rows() -> list[dict[str, Any]]:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    rows = _container_rows()
+    rows = _container_rows(args.all)
     if args.json:
         print(json.dumps(rows, indent=1))
     elif not rows:
-        print("No kernel containers.")
+        print(
+            "No kernel containers." if args.all else "No kernel containers of yours (--all shows everyone's)."
+        )
     else:
-        keys = ("container", "kernelspec", "kernel_id", "status", "owner", "image")
+        keys = ("container", "kernelspec", "kernel_id", "user", "status", "owner", "image")
         print(_table([tuple(k.upper() for k in keys)] + [tuple(r[k] for k in keys) for r in rows]))
     return 0
 

@@ -39,6 +39,8 @@ def check_launchable(settings: DockerSettings, kernel_name: str, cwd: str) -> No
         raise DockerKernelError(errors.NO_IMAGE.format(kernel=kernel_name))
     if not os.path.isdir(cwd):
         raise DockerKernelError(errors.NOTEBOOK_DIR_MISSING.format(path=cwd))
+    if settings.mount not in ("auto", "notebook") and not os.path.isdir(settings.mount):
+        raise DockerKernelError(errors.MOUNT_MISSING.format(path=settings.mount, kernel=kernel_name))
     for volume in settings.volumes:
         host = parse_volume(volume)[0]
         # Docker would create a missing host path, as an empty directory owned by root.

@@ -7,9 +7,11 @@ causes a user can fix into a DockerKernelError with a sentence from errors.py.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
+import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -28,12 +30,16 @@ from .errors import DockerKernelError, PortTaken
 from .pulls import PullLog
 from .spec import (
     LABEL_KERNEL_ID,
+    LABEL_NETWORK_OF,
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
     LABEL_OWNER_STARTED,
+    LABEL_OWNER_UID,
     LABEL_PROBE,
     ContainerPlan,
+    Engine,
     Owner,
+    for_engine,
     kernel_files_archive,
     resolve_auto_gpus,
 )
@@ -121,18 +127,31 @@ def this_process_owner() -> Owner:
         host=socket.gethostname(),
         pid=os.getpid(),
         started=f"{psutil.Process().create_time():.2f}",
+        uid=os.getuid(),
     )
 
 
 def owner_alive(labels: dict[str, str]) -> bool | None:
-    """Whether the process that started a container still runs; None when it can't be told."""
+    """Whether the process that started a container still runs; None when it can't be told.
+
+    Only "gone" (False) lets a container be pruned, so anything unsure is
+    None: an owner on another host, one of another user (where /proc hides
+    other users' processes, hidepid=2, they look gone), a process that cannot
+    be read, labels that are not ours.
+    """
     if labels.get(LABEL_OWNER_HOST) != socket.gethostname():
+        return None
+    if labels.get(LABEL_OWNER_UID) != str(os.getuid()):
         return None
     try:
         proc = psutil.Process(int(labels.get(LABEL_OWNER_PID, "")))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
         return f"{proc.create_time():.2f}" == labels.get(LABEL_OWNER_STARTED)
-    except (ValueError, psutil.Error):
+    except psutil.NoSuchProcess:
         return False
+    except (ValueError, psutil.Error):
+        return None
 
 
 PullEvents = Callable[[dict[str, Any]], None]
@@ -145,14 +164,21 @@ def needs_pull(client: docker.DockerClient, image: str, pull_policy: str) -> boo
     """
     if pull_policy == "always":
         return True
+    if image_present(client, image):
+        return False
+    if pull_policy == "never":
+        raise DockerKernelError(errors.IMAGE_NOT_PRESENT.format(image=image))
+    return True
+
+
+def image_present(client: docker.DockerClient, image: str) -> bool:
+    """Whether the daemon has ``image``."""
     with _daemon_errors():
         try:
             client.images.get(image)
-            return False
-        except ImageNotFound:
-            if pull_policy == "never":
-                raise DockerKernelError(errors.IMAGE_NOT_PRESENT.format(image=image)) from None
             return True
+        except ImageNotFound:
+            return False
 
 
 def pull_image(client: docker.DockerClient, image: str, on_event: PullEvents | None = None) -> None:
@@ -191,14 +217,19 @@ def _untimed_api(api_version: str) -> Iterator[docker.APIClient]:
 def start_container(client: docker.DockerClient, plan: ContainerPlan) -> str:
     """Create the planned container, copy the kernel's files in and start it.
 
-    Returns the container id. On any failure the container is removed again
-    and a DockerKernelError says why.
+    The kernel's user gets its passwd and group entries in copies of the
+    image's own files, read from the created container. Returns the container
+    id. On any failure the container is removed again and a DockerKernelError
+    says why.
     """
     container: Container | None = None
     try:
         with _daemon_errors():
-            container = client.containers.create(**plan.create_kwargs)
-            container.put_archive("/", kernel_files_archive(plan))
+            container = _create(client, plan)
+            passwd = group = None
+            if plan.identity is not None:
+                passwd, group = _read_file(container, "/etc/passwd"), _read_file(container, "/etc/group")
+            container.put_archive("/", kernel_files_archive(plan, passwd, group))
             container.start()
             return str(container.id)
     except BaseException as e:
@@ -210,6 +241,61 @@ def start_container(client: docker.DockerClient, plan: ContainerPlan) -> str:
             # The SDK rejects an unknown keyword: it came from container_options.
             raise DockerKernelError(errors.CONTAINER_START_FAILED.format(image=plan.image, reason=e)) from e
         raise
+
+
+def _read_file(container: Container, path: str) -> str:
+    """A text file of a container that has not started; '' when there is none."""
+    try:
+        chunks, _ = container.get_archive(path)
+    except NotFound:
+        return ""
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+        member = tar.extractfile(os.path.basename(path))
+        return member.read().decode(errors="replace") if member is not None else ""
+
+
+def _create(client: docker.DockerClient, plan: ContainerPlan) -> Container:
+    """Create the planned container, and first its isolated network where it is missing."""
+    if plan.network is None:
+        return client.containers.create(**plan.create_kwargs)
+    ensure_isolated_network(client, plan.network, plan.owner_uid)
+    try:
+        return client.containers.create(**plan.create_kwargs)
+    except NotFound as e:
+        if "network" not in _reason(e):
+            raise
+        # Removed since this process made it (`docker network prune`, say): make it again.
+        _networks.discard((str(client.api.base_url), plan.network))
+        ensure_isolated_network(client, plan.network, plan.owner_uid)
+        return client.containers.create(**plan.create_kwargs)
+
+
+_networks: set[tuple[str, str]] = set()  # (daemon, network) pairs known to exist
+
+
+def ensure_isolated_network(client: docker.DockerClient, name: str, uid: int) -> None:
+    """Create a user's isolated network once: a bridge on which containers cannot reach one another.
+
+    Docker already keeps containers of different networks apart; with
+    inter-container traffic off, a user's kernels cannot reach each other
+    either. Ports published on the host's loopback still reach each kernel.
+    """
+    key = (str(client.api.base_url), name)
+    if key in _networks:
+        return
+    if not client.networks.list(names=[name]):
+        try:
+            client.networks.create(
+                name,
+                driver="bridge",
+                options={"com.docker.network.bridge.enable_icc": "false"},
+                labels={LABEL_NETWORK_OF: str(uid)},
+                check_duplicate=True,
+            )
+        except APIError as e:
+            if e.status_code != 409:  # made by another server since the list: fine
+                raise
+    _networks.add(key)
 
 
 def _start_error(plan: ContainerPlan, e: APIError) -> DockerKernelError:
@@ -224,6 +310,25 @@ def _start_error(plan: ContainerPlan, e: APIError) -> DockerKernelError:
     if isinstance(e, ImageNotFound):
         return DockerKernelError(errors.IMAGE_UNAVAILABLE.format(image=plan.image, reason=reason))
     return DockerKernelError(errors.CONTAINER_START_FAILED.format(image=plan.image, reason=reason))
+
+
+_engines: dict[str, Engine] = {}
+
+
+def engine_of(client: docker.DockerClient) -> Engine:
+    """Whether the daemon is Podman, and whether it runs rootless; asked once per daemon."""
+    key = str(client.api.base_url)
+    if key not in _engines:
+        with _daemon_errors():
+            components = client.version().get("Components") or []
+            info = client.info()
+        podman = any("podman" in str(c.get("Name", "")).lower() for c in components)
+        security = " ".join(info.get("SecurityOptions") or [])
+        rootless = "rootless" in security or bool(
+            (info.get("host") or {}).get("security", {}).get("rootless")
+        )
+        _engines[key] = Engine(podman=podman, rootless=rootless)
+    return _engines[key]
 
 
 def has_nvidia_runtime(client: docker.DockerClient) -> bool:
@@ -242,6 +347,7 @@ def run_kernel_container(
     ``kernel_log``. Returns the container id and a future for its exit status.
     """
     client = get_client()
+    plan = for_engine(plan, engine_of(client))
     if needs_pull(client, plan.image, pull_policy):
         progress = PullLog(plan.image, kernel_log)
         pull_image(client, plan.image, progress)
@@ -340,6 +446,20 @@ def watch_container(container_id: str, api_version: str) -> Future[int]:
     return future
 
 
+def remove_home(client: docker.DockerClient, volume: str) -> bool:
+    """Remove a kernel's home volume; False when there was none."""
+    with _daemon_errors():
+        try:
+            client.api.remove_volume(volume)
+            return True
+        except NotFound:
+            return False
+        except APIError as e:
+            if e.status_code == 409:
+                raise DockerKernelError(errors.HOME_IN_USE.format(volume=volume)) from e
+            raise
+
+
 def kernel_containers(client: docker.DockerClient, **label_filters: str) -> list[Container]:
     """All dockerkernel containers, running or not, optionally filtered by label values."""
     labels = [LABEL_KERNEL_ID] + [f"{k}={v}" for k, v in label_filters.items()]
@@ -348,12 +468,13 @@ def kernel_containers(client: docker.DockerClient, **label_filters: str) -> list
 
 
 def prune_orphans(client: docker.DockerClient) -> list[str]:
-    """Remove the kernel containers whose owning server or launcher is gone; their ids.
+    """Remove this user's kernel containers whose owning server or launcher is gone; their ids.
 
-    Only containers started on this host are judged: an owner elsewhere cannot be checked.
+    Only this user's containers started on this host are judged: another
+    user's owner, or one elsewhere, cannot be checked (see owner_alive).
     """
     removed = []
-    for container in kernel_containers(client):
+    for container in kernel_containers(client, **{LABEL_OWNER_UID: str(os.getuid())}):
         if owner_alive(container.labels) is False:
             remove_container(client, container.id)
             removed.append(str(container.id))

@@ -123,3 +123,23 @@ CURVE_UNSUPPORTED = (
     "The ipykernel ({version}) of Docker image '{image}' cannot encrypt kernel channels with "
     "CurveZMQ: install without --curve, or use an image with an ipykernel that supports it."
 )
+MOUNT_SYSTEM_DIR = (
+    "The mount setting '{path}' would hide the image's own system folders: set mount to "
+    "'auto', 'notebook', or a folder of your notebooks."
+)
+MOUNT_TARGET_TWICE = (
+    "Two mounts at '{target}' in the container ({first} and {second}): give the volume "
+    "another container path, or set mount to 'notebook'."
+)
+HOME_IN_USE = (
+    "The kernel home '{volume}' is in use by a running kernel: shut that kernel down "
+    "(see `dockerkernel ps`), then run the command again."
+)
+NO_PULL_NEEDS_IMAGE = (
+    "{flag} needs Docker image '{image}' on this machine to check it, and --no-pull keeps it "
+    "from being pulled: pull or build the image first, or leave out --no-pull."
+)
+MOUNT_MISSING = (
+    "The folder '{path}' that kernelspec '{kernel}' mounts does not exist: create it, or set "
+    "mount to 'auto' or 'notebook'."
+)

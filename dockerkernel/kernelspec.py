@@ -17,6 +17,7 @@ from . import errors
 from .config import make_settings
 from .errors import DockerKernelError
 from .settings import DockerSettings
+from .spec import home_volume_name
 
 PROVISIONER_NAME = "docker-provisioner"
 PRESETS_PACKAGE = "dockerkernel.presets"
@@ -31,6 +32,7 @@ class InstalledKernel:
     image: str
     gpus: str
     path: str
+    home: str  # the Docker volume that keeps this user's home for it; '' when it has none
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ def installed(manager: KernelSpecManager | None = None) -> list[InstalledKernel]
         if provisioner.get("provisioner_name") != PROVISIONER_NAME:
             continue
         config = provisioner.get("config", {})
+        has_home = config.get("home", "volume") == "volume" and config.get("user", "host") != "image"
         rows.append(
             InstalledKernel(
                 name=name,
@@ -172,6 +175,7 @@ def installed(manager: KernelSpecManager | None = None) -> list[InstalledKernel]
                 image=config.get("image", ""),
                 gpus=config.get("gpus", "none"),
                 path=entry["resource_dir"],
+                home=home_volume_name(os.getuid(), name) if has_home else "",
             )
         )
     return rows

@@ -23,6 +23,7 @@ from jupyter_client.kernelspec import KernelSpec
 
 from . import docker_ops
 from .config import check_launchable, make_settings
+from .identity import host_identity
 from .settings import DockerSettings
 from .spec import plan_container
 
@@ -57,6 +58,8 @@ def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] =
         launch_env=os.environ,
         extra_arguments=extra_arguments,
         owner=docker_ops.this_process_owner(),
+        identity=host_identity(),
+        client_cwd=cwd,
     )
     container_id, exit_status = docker_ops.run_kernel_container(plan, settings.pull_policy)
     client = docker_ops.get_client()

@@ -26,6 +26,7 @@ from traitlets import Bool, TraitError
 from . import docker_ops, errors, fallback
 from .config import check_launchable, check_setting_names
 from .errors import DockerKernelError, PortTaken
+from .identity import host_identity
 from .settings import DockerSettings
 from .spec import PORT_NAMES, ContainerPlan, plan_container
 
@@ -167,6 +168,10 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             launch_env=env,
             extra_arguments=extra_arguments,
             owner=docker_ops.this_process_owner(),
+            identity=host_identity(),
+            # In a Jupyter server, the MappingKernelManager that made our KernelManager knows its root.
+            server_root=getattr(km.parent, "root_dir", None) or None,
+            client_cwd=os.getcwd(),
         )
         with self._deferred_if_fallback():
             self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)

@@ -8,7 +8,9 @@ The help strings here are the documentation: the CLI and the README reuse them.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from traitlets import (
@@ -18,6 +20,7 @@ from traitlets import (
     List,
     TraitError,
     Unicode,
+    Union,
     validate,
 )
 from traitlets.config import LoggingConfigurable
@@ -54,15 +57,32 @@ def parse_gpus(value: str) -> str:
     )
 
 
-def parse_volume(spec: str) -> tuple[str, str, str]:
-    """Split ``HOST:CONTAINER[:ro|rw]`` into its parts; both paths must be absolute."""
-    parts = spec.split(":")
-    mode = "rw"
-    if len(parts) == 3 and parts[2] in ("ro", "rw"):
-        mode = parts.pop()
-    if len(parts) != 2 or not all(p.startswith("/") for p in parts):
-        raise ValueError(f"invalid volume {spec!r}: write it as /host/path:/container/path[:ro]")
-    return parts[0], parts[1], mode
+def parse_volume(spec: str | Mapping[str, Any]) -> tuple[str, str, str]:
+    """A volume's host path, container path and mode ('ro' or 'rw'); both paths must be absolute.
+
+    ``spec`` is ``HOST:CONTAINER[:ro|rw]``, or, for paths with colons in them,
+    ``{"source": HOST, "target": CONTAINER, "read_only": false}``.
+    """
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - {"source", "target", "read_only"}
+        parts = [str(spec.get("source", "")), str(spec.get("target", ""))]
+        mode = "ro" if spec.get("read_only") else "rw"
+        if unknown or not all(p.startswith("/") for p in parts):
+            raise ValueError(
+                f"invalid volume {dict(spec)!r}: write it as "
+                '{"source": "/host/path", "target": "/container/path", "read_only": false}'
+            )
+    else:
+        parts = spec.split(":")
+        mode = "rw"
+        if len(parts) == 3 and parts[2] in ("ro", "rw"):
+            mode = parts.pop()
+        if len(parts) != 2 or not all(p.startswith("/") for p in parts):
+            raise ValueError(
+                f"invalid volume {spec!r}: write it as /host/path:/container/path[:ro], "
+                "or as a source/target mapping for paths with colons"
+            )
+    return os.path.normpath(parts[0]), os.path.normpath(parts[1]), mode
 
 
 class DockerSettings(LoggingConfigurable):
@@ -92,16 +112,39 @@ class DockerSettings(LoggingConfigurable):
     ).tag(config=True)
 
     volumes = List(
-        Unicode(),
-        help="""Extra bind mounts, each '/host/path:/container/path[:ro]'. The notebook's
-        directory is always mounted at its own path.""",
+        Union([Unicode(), Dict()]),
+        help="""Extra bind mounts, each '/host/path:/container/path[:ro]', or
+        {"source": "/host/path", "target": "/container/path", "read_only": true}
+        for paths with colons. The host path must exist.""",
+    ).tag(config=True)
+
+    mount = Unicode(
+        "auto",
+        help="""Which host folder is mounted at its own path, with the notebook's folder
+        as the working directory: 'auto' (in a Jupyter server, the server's root
+        directory, what its file browser shows; elsewhere, the client's working
+        directory; either only when it holds the notebook's folder, else that folder
+        alone), 'notebook' (the notebook's folder only), or an absolute path (that
+        folder, and the notebook's folder too when it is outside it).""",
+    ).tag(config=True)
+
+    home = CaselessStrEnum(
+        ["volume", "container"],
+        default_value="volume",
+        help="""Where the kernel's HOME lives: 'volume' (a Docker volume of its own per
+        user and kernelspec, kept across restarts, so caches, downloaded weights and
+        `pip install --user` survive; `dockerkernel list` names it and
+        `dockerkernel uninstall --purge` removes it) or 'container' (in the
+        container, gone at every restart).""",
     ).tag(config=True)
 
     network = Unicode(
-        "bridge",
-        help="""The container's network: 'bridge' (kernel ports published on 127.0.0.1
-        only), 'host' (the kernel listens on the host's loopback), or the name of
-        another Docker network.""",
+        "isolated",
+        help="""The container's network: 'isolated' (a network of dockerkernel's own on
+        which containers cannot reach one another: the kernel's ports are reachable
+        from the host's loopback only), 'bridge' (Docker's default network, where
+        other containers can reach the kernel's ports), 'host' (the kernel listens
+        on the host's loopback), or the name of another Docker network.""",
     ).tag(config=True)
 
     user = Unicode(
@@ -174,13 +217,22 @@ class DockerSettings(LoggingConfigurable):
             raise TraitError(str(e)) from None
 
     @validate("volumes")
-    def _valid_volumes(self, proposal: Any) -> list[str]:
+    def _valid_volumes(self, proposal: Any) -> list[str | dict[str, Any]]:
         for spec in proposal["value"]:
             try:
                 parse_volume(spec)
             except ValueError as e:
                 raise TraitError(str(e)) from None
         return list(proposal["value"])
+
+    @validate("mount")
+    def _valid_mount(self, proposal: Any) -> str:
+        value = str(proposal["value"]).strip()
+        if value in ("auto", "notebook"):
+            return value
+        if not value.startswith("/"):
+            raise TraitError(f"invalid mount {value!r}: use 'auto', 'notebook' or an absolute path")
+        return os.path.normpath(value)
 
     @validate("network")
     def _valid_network(self, proposal: Any) -> str:

@@ -16,10 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from docker.types import DeviceRequest
+from docker.types import DeviceRequest, Mount
 
 from . import errors
 from .errors import DockerKernelError
+from .identity import Identity, merge_group, merge_passwd
 from .settings import DockerSettings, parse_volume
 
 # Where a kernel's own files live inside its container. The connection file is
@@ -29,9 +30,17 @@ from .settings import DockerSettings, parse_volume
 CONTAINER_DIR = "/dockerkernel"
 CONTAINER_CONNECTION_FILE = f"{CONTAINER_DIR}/run/kernel.json"
 CONTAINER_HOME = f"{CONTAINER_DIR}/home"
-# Run by IPython at start-up when HOME is CONTAINER_HOME: shows the plan's notice.
-CONTAINER_STARTUP_DIR = f"{CONTAINER_HOME}/.ipython/profile_default/startup"
-NOTICE_STARTUP_FILE = f"{CONTAINER_STARTUP_DIR}/00-dockerkernel-notice.py"
+# Run by IPython at start-up, through PYTHONSTARTUP, when the plan has a notice.
+# Outside the home, which may be a volume that outlives this container.
+NOTICE_STARTUP_FILE = f"{CONTAINER_DIR}/notice.py"
+
+# Host folders that are never mounted over the image's own (the notebook's
+# folder itself excepted): widening the mount to one of them, or to '/', would
+# hide the image's system.
+SYSTEM_DIRS = frozenset(
+    ["/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
+     "/sbin", "/sys", "/tmp", "/usr", "/var", CONTAINER_DIR]
+)  # fmt: skip
 
 GPUS_AUTO_ON_CPU = (
     "dockerkernel: this kernel runs on the CPU: it asks for GPUs with gpus 'auto', but the "
@@ -62,7 +71,10 @@ LABEL_KERNELSPEC = f"{LABEL_PREFIX}.kernelspec"
 LABEL_OWNER_HOST = f"{LABEL_PREFIX}.owner-host"
 LABEL_OWNER_PID = f"{LABEL_PREFIX}.owner-pid"
 LABEL_OWNER_STARTED = f"{LABEL_PREFIX}.owner-started"
+LABEL_OWNER_UID = f"{LABEL_PREFIX}.owner-uid"  # the user the container belongs to
 LABEL_PROBE = f"{LABEL_PREFIX}.probe"  # a throwaway container that checks an image
+LABEL_HOME_OF = f"{LABEL_PREFIX}.home-of"  # on a home volume: the uid it belongs to
+LABEL_NETWORK_OF = f"{LABEL_PREFIX}.network-of"  # on an isolated network: the uid it belongs to
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
 
@@ -71,6 +83,8 @@ PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port
 # exit at once under an init process, the host's PATH breaks images, and secrets
 # would end up in the container's configuration.
 PASSED_THROUGH = ("JPY_SESSION_NAME",)
+
+LOCALE_VARIABLES = frozenset(["LANG", "LC_ALL", "LC_CTYPE"])
 
 # Linux starts no process whose environment is larger (ARG_MAX is commonly 2 MiB,
 # shared with the arguments), nor one with a single variable over 128 KiB.
@@ -85,13 +99,25 @@ class Owner:
     host: str
     pid: int
     started: str
+    uid: int
 
     def labels(self) -> dict[str, str]:
         return {
             LABEL_OWNER_HOST: self.host,
             LABEL_OWNER_PID: str(self.pid),
             LABEL_OWNER_STARTED: self.started,
+            LABEL_OWNER_UID: str(self.uid),
         }
+
+
+def home_volume_name(uid: int, kernel_name: str) -> str:
+    """The Docker volume that holds a user's home for one kernelspec."""
+    return f"dockerkernel-home-{uid}-{kernel_name}"
+
+
+def isolated_network_name(uid: int) -> str:
+    """The network that a user's kernels share with no one else's containers."""
+    return f"dockerkernel-u{uid}"
 
 
 @dataclass(frozen=True)
@@ -103,6 +129,9 @@ class ContainerPlan:
     file_owner: tuple[int, int] | None  # uid, gid of the files copied in; None: any user
     gpus: str  # the normalised gpus setting, for error messages
     notice: str = ""  # shown in the notebook at the first execution
+    identity: Identity | None = None  # given a passwd and group entry in the container
+    network: str | None = None  # an isolated network that must exist before the create
+    owner_uid: int = 0  # the user whose network and home volume these are
 
     @property
     def image(self) -> str:
@@ -135,16 +164,21 @@ def kernel_environment(
     *,
     spec_env: Mapping[str, str],
     launch_env: Mapping[str, str],
-    home: bool,
+    identity: Identity | None,
 ) -> dict[str, str]:
     """The kernel's environment: an allow-list, never the server's whole environment.
 
     ``spec_env`` is the kernelspec's ``env`` with substitutions applied,
-    ``launch_env`` what the client passed (only PASSED_THROUGH is taken from it).
+    ``launch_env`` what the client passed (only PASSED_THROUGH is taken from it);
+    ``identity`` the kernel's user, when it is not the image's own.
     """
     env = {name: launch_env[name] for name in PASSED_THROUGH if name in launch_env}
-    if home:
-        env["HOME"] = CONTAINER_HOME
+    if identity is not None:
+        env.update(HOME=CONTAINER_HOME, USER=identity.name, LOGNAME=identity.name)
+    if not LOCALE_VARIABLES & {*spec_env, *settings.environment}:
+        # Without a locale, Python 2 decodes paths as ASCII and its kernel dies in a
+        # notebook folder with a non-ASCII name; an image's own LANG still sets the language.
+        env["LC_CTYPE"] = "C.UTF-8"
     env.update(spec_env)
     env.update(settings.environment)
     sizes = {name: len(name.encode()) + len(value.encode()) + 2 for name, value in env.items()}
@@ -172,6 +206,65 @@ def container_connection(connection_info: Mapping[str, Any], network: str) -> di
     return conn
 
 
+def mounted_folders(mount: str, cwd: str, *, server_root: str | None, client_cwd: str | None) -> list[str]:
+    """The host folders mounted at their own paths: the notebook's folder ``cwd``, or one that holds it.
+
+    ``mount`` is the setting; ``server_root`` the Jupyter server's root
+    directory, when the kernel runs in one; ``client_cwd`` the working
+    directory of the client that starts the kernel. A widened mount holds the
+    notebook's folder, so that relative paths that climb out of it (``../data``)
+    work as in a local kernel; it is never a folder of the image's system.
+    """
+    if mount == "notebook":
+        return [cwd]
+    if mount == "auto":
+        root = server_root or client_cwd
+        if root is None:
+            return [cwd]
+        root = os.path.abspath(root)
+        if root in SYSTEM_DIRS or not _within(cwd, root):
+            return [cwd]
+        return [root]
+    if mount in SYSTEM_DIRS:
+        raise DockerKernelError(errors.MOUNT_SYSTEM_DIR.format(path=mount))
+    return [mount] if _within(cwd, mount) else [mount, cwd]
+
+
+def _within(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def plan_mounts(
+    folders: Sequence[str],
+    settings: DockerSettings,
+    home_volume: str | None,
+    home_labels: Mapping[str, str] | None = None,
+) -> list[Mount]:
+    """Bind mounts for the folders and volumes, and the home volume; two at one target are an error.
+
+    Mount objects, not colon-joined strings: any folder name works, colons
+    included, and a missing host folder is an error instead of a folder
+    that Docker would create as root.
+    """
+    mounts = [Mount(target=f, source=f, type="bind") for f in folders]
+    for volume in settings.volumes:
+        host, target, mode = parse_volume(volume)
+        mounts.append(Mount(target=target, source=host, type="bind", read_only=mode == "ro"))
+    if home_volume is not None:
+        mounts.append(Mount(target=CONTAINER_HOME, source=home_volume, type="volume", labels=home_labels))
+    targets: dict[str, str] = {CONTAINER_DIR: "dockerkernel's own files"}
+    for m in mounts:
+        source = "the kernel's home volume" if m["Type"] == "volume" else f"'{m['Source']}'"
+        if m["Target"] in targets:
+            raise DockerKernelError(
+                errors.MOUNT_TARGET_TWICE.format(
+                    target=m["Target"], first=targets[m["Target"]], second=source
+                )
+            )
+        targets[m["Target"]] = source
+    return mounts
+
+
 def plan_container(
     settings: DockerSettings,
     *,
@@ -184,27 +277,33 @@ def plan_container(
     extra_arguments: Sequence[str] = (),
     owner: Owner,
     host_ip: str = "127.0.0.1",
-    host_ids: tuple[int, int] | None = None,
+    identity: Identity,
+    server_root: str | None = None,
+    client_cwd: str | None = None,
 ) -> ContainerPlan:
     """Turn settings and a kernel's launch parameters into a ContainerPlan.
 
     ``spec_env`` and ``launch_env`` are as for kernel_environment;
-    ``host_ids`` the uid and gid to run as when ``settings.user`` is 'host'.
+    ``identity`` the host user the kernel runs as when ``settings.user`` is
+    'host'; ``server_root`` and ``client_cwd`` as for mounted_folders.
     """
+    kernel_user: Identity | None
     if settings.user == "host":
-        ids = host_ids if host_ids is not None else (os.getuid(), os.getgid())
-        user: str | None = f"{ids[0]}:{ids[1]}"
+        kernel_user = identity
     elif settings.user == "image":
-        ids, user = None, None
+        kernel_user = None
     else:
         uid, _, gid = settings.user.partition(":")
-        ids = (int(uid), int(gid or uid))
-        user = f"{ids[0]}:{ids[1]}"
-
-    volumes = {cwd: {"bind": cwd, "mode": "rw"}}
-    for volume in settings.volumes:
-        host, target, mode = parse_volume(volume)
-        volumes[host] = {"bind": target, "mode": mode}
+        kernel_user = Identity(
+            int(uid), int(gid or uid), identity.name if int(uid) == identity.uid else "kernel"
+        )
+    # A home of its own needs a user that can own it: not the image's unknown USER.
+    home_volume = (
+        home_volume_name(owner.uid, kernel_name)
+        if settings.home == "volume" and kernel_user is not None
+        else None
+    )
+    folders = mounted_folders(settings.mount, cwd, server_root=server_root, client_cwd=client_cwd)
 
     kwargs: dict[str, Any] = {
         "image": settings.image,
@@ -212,20 +311,27 @@ def plan_container(
         "name": f"dockerkernel-{kernel_id}",
         "labels": {LABEL_KERNEL_ID: kernel_id, LABEL_KERNELSPEC: kernel_name, **owner.labels()},
         "environment": kernel_environment(
-            settings, spec_env=spec_env, launch_env=launch_env, home=settings.user != "image"
+            settings, spec_env=spec_env, launch_env=launch_env, identity=kernel_user
         ),
         "working_dir": cwd,
-        "volumes": volumes,
+        "mounts": plan_mounts(
+            folders, settings, home_volume, {LABEL_HOME_OF: str(owner.uid), LABEL_KERNELSPEC: kernel_name}
+        ),
         "init": True,
         "detach": True,
         "security_opt": ["no-new-privileges"],
     }
-    if user is not None:
-        kwargs["user"] = user
+    if kernel_user is not None:
+        kwargs["user"] = kernel_user.user
+        if kernel_user.groups:
+            kwargs["group_add"] = [str(g) for g in kernel_user.groups]
+    network = None
     if settings.network == "host":
         kwargs["network_mode"] = "host"
     else:
-        kwargs["network"] = settings.network
+        if settings.network == "isolated":
+            network = isolated_network_name(owner.uid)
+        kwargs["network"] = network or settings.network
         kwargs["ports"] = {
             f"{connection_info[name]}/tcp": (host_ip, int(connection_info[name])) for name in PORT_NAMES
         }
@@ -243,8 +349,11 @@ def plan_container(
     return ContainerPlan(
         create_kwargs=kwargs,
         connection=container_connection(connection_info, settings.network),
-        file_owner=ids,
+        file_owner=(kernel_user.uid, kernel_user.gid) if kernel_user is not None else None,
         gpus=settings.gpus,
+        identity=kernel_user,
+        network=network,
+        owner_uid=owner.uid,
     )
 
 
@@ -254,37 +363,82 @@ def resolve_auto_gpus(plan: ContainerPlan, nvidia_runtime: bool) -> ContainerPla
         return plan
     if nvidia_runtime:
         return replace(plan, create_kwargs={**plan.create_kwargs, "device_requests": device_requests("all")})
-    return replace(plan, notice=GPUS_AUTO_ON_CPU)
+    return with_notice(plan, GPUS_AUTO_ON_CPU)
 
 
-def kernel_files_archive(plan: ContainerPlan) -> bytes:
+def with_notice(plan: ContainerPlan, notice: str) -> ContainerPlan:
+    """The plan with a notice that the kernel shows at the notebook's first execution."""
+    environment = {**plan.create_kwargs["environment"], "PYTHONSTARTUP": NOTICE_STARTUP_FILE}
+    return replace(plan, notice=notice, create_kwargs={**plan.create_kwargs, "environment": environment})
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What kind of engine a daemon is, as far as a plan cares."""
+
+    podman: bool = False
+    rootless: bool = False
+
+
+def for_engine(plan: ContainerPlan, engine: Engine) -> ContainerPlan:
+    """The plan adapted to the engine that will run it.
+
+    A rootless engine runs containers in a user namespace of the user who
+    started it: a uid in the container is not that uid on the host. There the
+    kernel must run as whoever maps back to the user, or the files it writes to
+    the notebook's folder belong to a stranger. Rootless Podman maps the user's
+    own uid to itself (``keep-id``), so the kernel keeps the user's ids and name;
+    rootless Docker maps only the container's root to the user, so the kernel
+    runs as root in the container, which is the user outside it. In rootless
+    Podman every container has a network stack of its own (slirp4netns), which
+    isolates kernels without a network of dockerkernel's.
+    """
+    if not engine.rootless or plan.identity is None:
+        return plan
+    kwargs = dict(plan.create_kwargs)
+    if plan.network is not None and engine.podman:
+        kwargs["network"] = "slirp4netns"
+        plan = replace(plan, network=None)
+    if engine.podman:
+        kwargs["userns_mode"] = "keep-id"
+        kwargs.pop("group_add", None)  # the user's groups come with keep-id, where mapped
+        return replace(plan, create_kwargs=kwargs)
+    kwargs["user"] = "0:0"
+    kwargs.pop("group_add", None)
+    return replace(plan, create_kwargs=kwargs, file_owner=(0, 0), identity=None)
+
+
+def kernel_files_archive(plan: ContainerPlan, passwd: str | None = None, group: str | None = None) -> bytes:
     """A tar of the kernel's files, for ``put_archive`` at ``/``: its connection file and home.
 
     They belong to the kernel's user and only it can read them; when that user is
     unknown (the image's own USER) they are open to every user of the container.
+    ``passwd`` and ``group`` are the image's /etc/passwd and /etc/group: with
+    the plan's identity, the container gets copies with the kernel's user in them.
     """
     buf = io.BytesIO()
     uid, gid = plan.file_owner or (0, 0)
     private = plan.file_owner is not None
     now = time.time()
 
-    def add(name: str, mode: int, data: bytes | None = None) -> None:
+    def add(name: str, mode: int, data: bytes | None = None, owner: tuple[int, int] | None = None) -> None:
         info = tarfile.TarInfo(name.lstrip("/"))
-        info.uid, info.gid, info.mtime = uid, gid, now
+        (info.uid, info.gid), info.mtime = owner or (uid, gid), now
         if data is None:
             info.type, info.mode = tarfile.DIRTYPE, mode if private else 0o777
             tar.addfile(info)
         else:
-            info.mode, info.size = mode if private else 0o666, len(data)
+            info.mode, info.size = mode if private or owner else 0o666, len(data)
             tar.addfile(info, io.BytesIO(data))
 
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        add(CONTAINER_DIR, 0o755)
+        add(CONTAINER_DIR, 0o755, owner=(0, 0))
         add(os.path.dirname(CONTAINER_CONNECTION_FILE), 0o700)
         add(CONTAINER_CONNECTION_FILE, 0o600, json.dumps(plan.connection, indent=1).encode())
         add(CONTAINER_HOME, 0o700)
         if plan.notice:
-            for directory in (".ipython", ".ipython/profile_default", ".ipython/profile_default/startup"):
-                add(f"{CONTAINER_HOME}/{directory}", 0o700)
-            add(NOTICE_STARTUP_FILE, 0o600, _NOTICE_SCRIPT.format(text=plan.notice).encode())
+            add(NOTICE_STARTUP_FILE, 0o644, _NOTICE_SCRIPT.format(text=plan.notice).encode(), owner=(0, 0))
+        if plan.identity is not None and passwd is not None and group is not None:
+            add("/etc/passwd", 0o644, merge_passwd(passwd, plan.identity, CONTAINER_HOME).encode(), (0, 0))
+            add("/etc/group", 0o644, merge_group(group, plan.identity).encode(), (0, 0))
     return buf.getvalue()

@@ -8,11 +8,16 @@ skipped: without Docker they fail, saying what to run.
 from __future__ import annotations
 
 import asyncio
+import grp
 import io
+import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -302,3 +307,107 @@ def pulled_image(registry: Registry, docker_client: docker.DockerClient) -> Iter
     remove()
     yield registry.image
     remove()
+
+
+@pytest.fixture
+def ordinary_user() -> pwd.struct_passwd:
+    """The user to run as: this one if not root, else the one tests/run.sh made."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid())
+    name = os.environ.get("DOCKERKERNEL_TEST_USER")
+    if not name:
+        pytest.fail(
+            "running as root: set DOCKERKERNEL_TEST_USER to a non-root user "
+            "in the docker group (tests/run.sh does)"
+        )
+    user = pwd.getpwnam(name)
+    assert name in grp.getgrnam("docker").gr_mem, f"{name} must be in the docker group"
+    return user
+
+
+@pytest.fixture
+def user_workdir(ordinary_user: pwd.struct_passwd) -> Iterator[Path]:
+    """A folder of the ordinary user's, with its Jupyter directories in it."""
+    path = Path(tempfile.mkdtemp(prefix="dockerkernel-user-"))
+    os.chmod(path, 0o755)
+    if os.geteuid() == 0:
+        os.chown(path, ordinary_user.pw_uid, ordinary_user.pw_gid)
+    yield path
+    shutil.rmtree(path)
+
+
+def as_user(user: pwd.struct_passwd, command: list[str]) -> list[str]:
+    """``command`` run as ``user``, with its supplementary groups, when this process is root."""
+    if os.geteuid() != 0:
+        return command
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", *command]
+
+
+def user_env(workdir: Path, **extra: str) -> dict[str, str]:
+    """A plain environment for a process of the ordinary user, its Jupyter files in ``workdir``."""
+    env = {
+        "HOME": str(workdir),
+        "PATH": os.environ["PATH"],
+        "LANG": "C.UTF-8",
+        "JUPYTER_DATA_DIR": str(workdir / "jupyter"),
+        "JUPYTER_RUNTIME_DIR": str(workdir / "runtime"),
+        "JUPYTER_PLATFORM_DIRS": "1",
+    }
+    if "DOCKER_HOST" in os.environ:
+        env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
+    return {**env, **extra}
+
+
+USER_SESSION = str(Path(__file__).with_name("user_session.py"))
+
+
+@dataclass
+class UserSession:
+    """A kernel of the ordinary user's (tests/user_session.py), started in a process of its own."""
+
+    process: subprocess.Popen[str]
+    outputs: list[str]
+    container: str
+
+    def close(self) -> None:
+        """End the session: its kernel shuts down."""
+        with self.process:  # closes the pipes
+            self.process.communicate(timeout=60)
+
+
+@pytest.fixture
+def user_session(
+    ordinary_user: pwd.struct_passwd, user_workdir: Path
+) -> Iterator[Callable[..., UserSession]]:
+    """Run cells in a kernel of the ordinary user: ``install`` args, ``cells``, ``cwd``; ``keep`` it up."""
+    sessions: list[UserSession] = []
+
+    def run(
+        install: list[str], cells: list[str], cwd: Path | None = None, keep: bool = False, **env: str
+    ) -> UserSession:
+        args = {"install": install, "cells": cells, "cwd": str(cwd or user_workdir), "keep": keep}
+        process = subprocess.Popen(
+            as_user(ordinary_user, [sys.executable, USER_SESSION, json.dumps(args)]),
+            cwd=user_workdir,
+            env=user_env(user_workdir, **env),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        line = process.stdout.readline()
+        if not line:
+            with process:
+                _, err = process.communicate(timeout=60)
+            raise AssertionError(f"the user's kernel session failed:\n{err[-3000:]}")
+        result = json.loads(line)
+        session = UserSession(process, result["outputs"], result["container"])
+        sessions.append(session)
+        if not keep:
+            session.close()
+        return session
+
+    yield run
+    for session in sessions:
+        session.close()

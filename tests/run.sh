@@ -56,6 +56,9 @@ fi
 if [ "$(id -u)" = 0 ]; then
     id -u "$DOCKERKERNEL_TEST_USER" >/dev/null 2>&1 || useradd --create-home "$DOCKERKERNEL_TEST_USER"
     usermod -aG docker "$DOCKERKERNEL_TEST_USER"
+    # A group that only the test user is in, for datasets readable through a group.
+    groupadd -f dockerkernel-data
+    usermod -aG dockerkernel-data "$DOCKERKERNEL_TEST_USER"
 fi
 
 mkdir -p "$DOCKERKERNEL_TEST_CACHE"

@@ -116,8 +116,9 @@ async def test_add_ipykernel_makes_a_bare_image_kernel_ready(
     docker_client: docker.DockerClient,
 ) -> None:
     base = BARE[flavour]
+    # --no-pull: the image is here, so it is checked and made kernel-ready all the same.
     result = dockerkernel(
-        "install", "--image", base, "--name", "ready", "--python", python, "--add-ipykernel"
+        "install", "--image", base, "--name", "ready", "--python", python, "--add-ipykernel", "--no-pull"
     )
     assert result.code == 0, result.err
     assert "Successfully built" in result.err  # the build's output is shown
@@ -129,13 +130,33 @@ async def test_add_ipykernel_makes_a_bare_image_kernel_ready(
     found = spec["metadata"]["dockerkernel"]["probe"]["ipykernel"]
     assert found and found.startswith(ipykernel)
 
-    kernel = await start_kernel("ready", cwd=str(notebook_dir))
+    # A folder with a non-ASCII name: Python 2 without a locale would die decoding it.
+    folder = notebook_dir / "ünïcødé"
+    folder.mkdir()
+    kernel = await start_kernel("ready", cwd=str(folder))
     assert (await kernel.execute(code)).stdout == printed
+    assert (await kernel.execute("import os; print(os.path.basename(os.getcwd()))")).stdout == "ünïcødé\n"
 
     # Installed again: the kernel-ready image is found, not rebuilt.
     again = dockerkernel("install", "--image", base, "--name", "ready", "--python", python, "--add-ipykernel",
                          "--replace")  # fmt: skip
     assert again.code == 0 and "is present" in again.err and "Successfully built" not in again.err
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("flag", ["--add-ipykernel", "--curve"])
+def test_no_pull_with_a_flag_that_needs_the_image_is_refused_when_it_is_absent(
+    flag: str, dockerkernel: Any, docker_client: docker.DockerClient
+) -> None:
+    result = dockerkernel("install", "--image", "dockerkernel-test/absent:1", "--no-pull", flag)
+    assert result.code == 1
+    assert (
+        result.err
+        == "dockerkernel: "
+        + errors.NO_PULL_NEEDS_IMAGE.format(flag=flag, image="dockerkernel-test/absent:1")
+        + "\n"
+    )
+    assert dockerkernel("list").out.startswith("No dockerkernel kernelspecs")
 
 
 @pytest.mark.docker

@@ -23,6 +23,7 @@ from jupyter_client.manager import AsyncKernelManager
 from dockerkernel import docker_ops, errors
 from dockerkernel.config import make_settings
 from dockerkernel.errors import DockerKernelError
+from dockerkernel.identity import host_identity
 from dockerkernel.settings import DockerSettings
 from dockerkernel.spec import (
     GPUS_AUTO_ON_CPU,
@@ -238,7 +239,10 @@ def test_daemon_records_the_device_requests_the_kernelspec_asks_for(
         spec_env={},
         launch_env={},
         owner=docker_ops.this_process_owner(),
+        identity=host_identity(),
     )
+    assert plan.network is not None
+    docker_ops.ensure_isolated_network(docker_client, plan.network, plan.owner_uid)
     container = docker_client.containers.create(**plan.create_kwargs)
     try:
         [recorded] = docker_client.api.inspect_container(container.id)["HostConfig"]["DeviceRequests"]

@@ -1,104 +1,113 @@
-"""A kernel started by an ordinary user in the docker group runs as that user."""
+"""A kernel started by an ordinary user runs as that user: ids, name, home, groups, files.
+
+Run as root, as CI does, these checks would pass even if the kernel ignored
+the user: so the kernel is started by the ordinary user that tests/run.sh
+made, a member of the docker group and of a data group.
+"""
 
 from __future__ import annotations
 
 import grp
+import io
 import json
 import os
 import pwd
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
-# Run by the non-root user: install a kernelspec with the CLI, start a kernel
-# in the current directory, write a file there, report the kernel's ids.
-SCRIPT = """
-import json, os, subprocess, sys
-from jupyter_client.manager import KernelManager
-subprocess.run(
-    [sys.executable, "-m", "dockerkernel", "install", "--image", IMAGE, "--name", "nonroot"], check=True
-)
-km = KernelManager(kernel_name="nonroot")
-km.start_kernel(cwd=os.getcwd())
-kc = km.client()
-kc.start_channels()
-try:
-    kc.wait_for_ready(timeout=60)
-    out = []
-    kc.execute_interactive(
-        "import os; open('owned.txt', 'w').write('x'); print(os.getuid(), os.getgid())",
-        timeout=60, output_hook=lambda m: out.append(m["content"].get("text", "")),
-    )
-finally:
-    kc.stop_channels()
-    km.shutdown_kernel()
-print(json.dumps({"ids": "".join(out).split()}))
-"""
+from conftest import IMAGES, PYTHONS
+
+pytestmark = pytest.mark.docker
+
+DATA_GROUP = "dockerkernel-data"  # tests/run.sh makes it, with the ordinary user in it
+NON_ROOT_USER_IMAGE = "dockerkernel-test/py3-user-nobody"
+
+# Python 2 and 3 alike: who the kernel is, as tools in it see it.
+IDENTITY_CELLS = [
+    "import getpass, os, pwd; e = pwd.getpwuid(os.getuid())\n"
+    "print(' '.join([getpass.getuser(), e.pw_name, e.pw_dir, os.environ['HOME'], os.environ['LOGNAME']]))",
+    "import os; print(' '.join(map(str, [os.getuid(), os.getgid()] + sorted(os.getgroups()))))",
+    "import grp; print(' '.join(sorted(grp.getgrgid(g).gr_name for g in os.getgroups())))",
+    "print(open('/datasets/shared/train.csv').read().strip())",  # readable through the group only
+    "open('owned.txt', 'w').write('x'); print(os.path.expanduser('~'))",
+]
 
 
 @pytest.fixture
-def ordinary_user() -> pwd.struct_passwd:
-    """The user to run as: this one if not root, else the one tests/run.sh made."""
-    if os.geteuid() != 0:
-        return pwd.getpwuid(os.geteuid())
-    name = os.environ.get("DOCKERKERNEL_TEST_USER")
-    if not name:
-        pytest.fail(
-            "running as root: set DOCKERKERNEL_TEST_USER to a non-root user "
-            "in the docker group (tests/run.sh does)"
-        )
-    user = pwd.getpwnam(name)
-    assert name in grp.getgrnam("docker").gr_mem, f"{name} must be in the docker group"
-    return user
+def group_dataset() -> Iterator[Path]:
+    """A dataset folder that only root and the data group can read."""
+    try:
+        gid = grp.getgrnam(DATA_GROUP).gr_gid
+    except KeyError:
+        pytest.fail(f"the group {DATA_GROUP} is missing: tests/run.sh makes it")
+    parent = Path(tempfile.mkdtemp(prefix="dockerkernel-group-"))
+    os.chmod(parent, 0o755)
+    folder = parent / "datasets"
+    folder.mkdir()
+    (folder / "train.csv").write_text("x,y\n")
+    for path, mode in ((folder, 0o750), (folder / "train.csv", 0o640)):
+        if os.geteuid() == 0:
+            os.chown(path, 0, gid)
+        os.chmod(path, mode)
+    yield folder
+    shutil.rmtree(parent)
 
 
-@pytest.fixture
-def user_workdir(ordinary_user: pwd.struct_passwd) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="dockerkernel-nonroot-"))
-    os.chmod(path, 0o755)
-    if os.geteuid() == 0:
-        os.chown(path, ordinary_user.pw_uid, ordinary_user.pw_gid)
-    yield path
-    shutil.rmtree(path)
+@pytest.fixture(scope="module")
+def non_root_user_image(docker_client: docker.DockerClient) -> str:
+    """The py3 test image with a non-root USER, as many published images have."""
+    dockerfile = f"FROM {IMAGES['py3']}\nUSER nobody\n"
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=NON_ROOT_USER_IMAGE, rm=True)
+    return NON_ROOT_USER_IMAGE
 
 
-@pytest.mark.docker
-def test_kernel_runs_as_the_invoking_non_root_user(
+@pytest.mark.parametrize("flavour", ["py3", "py2", "user-nobody"])
+def test_the_kernel_is_the_invoking_user_with_a_name_home_and_groups(
+    flavour: str,
     ordinary_user: pwd.struct_passwd,
     user_workdir: Path,
-    docker_client: Any,
+    user_session: Any,
+    group_dataset: Path,
+    non_root_user_image: str,
+    docker_client: docker.DockerClient,
     no_leftovers: None,
-    test_images: dict[str, str],
 ) -> None:
     assert ordinary_user.pw_uid != 0
-    env = {
-        "HOME": str(user_workdir),
-        "PATH": os.environ["PATH"],
-        "LANG": "C.UTF-8",
-        "JUPYTER_DATA_DIR": str(user_workdir / "jupyter"),
-        "JUPYTER_RUNTIME_DIR": str(user_workdir / "runtime"),
-        "JUPYTER_PLATFORM_DIRS": "1",
-    }
-    if "DOCKER_HOST" in os.environ:
-        env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
-    command = [sys.executable, "-c", f"IMAGE = {test_images['py3']!r}\n{SCRIPT}"]
-    if os.geteuid() == 0:
-        command = [
-            "setpriv",
-            f"--reuid={ordinary_user.pw_uid}",
-            f"--regid={ordinary_user.pw_gid}",
-            "--init-groups",
-            *command,
-        ]
-    result = subprocess.run(command, cwd=user_workdir, env=env, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr
-    ids = json.loads(result.stdout.splitlines()[-1])["ids"]
-    assert ids == [str(ordinary_user.pw_uid), str(ordinary_user.pw_gid)]
+    image = non_root_user_image if flavour == "user-nobody" else IMAGES[flavour]
+    install = ["--image", image, "--python", PYTHONS.get(flavour, "python3")]
+    install += ["--volume", f"{group_dataset}:/datasets/shared:ro"]
+    session = user_session(install, IDENTITY_CELLS, keep=True)
+
+    name, home = ordinary_user.pw_name, "/dockerkernel/home"
+    who, ids, groups, data, expanded = session.outputs
+    assert who.split() == [name, name, home, home, name]
+    data_gid = grp.getgrnam(DATA_GROUP).gr_gid
+    user_ids = [int(i) for i in ids.split()]
+    assert user_ids[:2] == [ordinary_user.pw_uid, ordinary_user.pw_gid]
+    assert data_gid in user_ids[2:]
+    assert DATA_GROUP in groups.split()
+    assert data == "x,y\n"
+    assert expanded == home + "\n"
     owned = (user_workdir / "owned.txt").stat()
     assert (owned.st_uid, owned.st_gid) == (ordinary_user.pw_uid, ordinary_user.pw_gid)
+    # What the engine was asked for, not only what the kernel says.
+    config = docker_client.api.inspect_container(session.container)["Config"]
+    assert config["User"] == f"{ordinary_user.pw_uid}:{ordinary_user.pw_gid}"
+    session.close()
+
+
+def test_connection_file_is_readable_by_that_user_only(
+    ordinary_user: pwd.struct_passwd, user_session: Any, docker_client: Any, no_leftovers: None
+) -> None:
+    cell = (
+        "import json, os; p = '/dockerkernel/run/kernel.json'; s = os.stat(p)\n"
+        "print(json.dumps([s.st_uid, oct(s.st_mode & 0o777)]))"
+    )
+    session = user_session(["--image", IMAGES["py3"]], [cell])
+    assert json.loads(session.outputs[0]) == [ordinary_user.pw_uid, "0o600"]

@@ -66,8 +66,9 @@ async def test_the_kernel_runs_as_the_invoking_user_without_new_privileges(
     ids, no_new_privs = reply.stdout.splitlines()
     assert ids == f"{os.getuid()} {os.getgid()}"
     assert no_new_privs == "1"
-    host_config = docker_client.api.inspect_container(kernel.container_id)["HostConfig"]
-    assert "no-new-privileges" in host_config["SecurityOpt"]
+    attrs = docker_client.api.inspect_container(kernel.container_id)
+    assert "no-new-privileges" in attrs["HostConfig"]["SecurityOpt"]
+    assert attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"  # asked of the engine, not only seen
 
 
 async def test_no_docker_socket_capabilities_or_privileged_mode(
@@ -77,7 +78,10 @@ async def test_no_docker_socket_capabilities_or_privileged_mode(
     assert attrs["HostConfig"]["Privileged"] is False
     assert not attrs["HostConfig"]["CapAdd"]
     assert not attrs["HostConfig"]["Devices"]
-    assert [m["Destination"] for m in attrs["Mounts"]] == [str(notebook_dir)]  # and nothing else
+    # The notebook's folder and the kernel's own home volume, and nothing else.
+    mounts = sorted((m["Type"], m.get("Name", m["Source"]), m["Destination"]) for m in attrs["Mounts"])
+    home = f"dockerkernel-home-{os.getuid()}-test-py3"
+    assert mounts == [("bind", str(notebook_dir), str(notebook_dir)), ("volume", home, "/dockerkernel/home")]
     reply = await kernel.execute("import os; print(os.path.exists('/var/run/docker.sock'))")
     assert reply.stdout == "False\n"
 

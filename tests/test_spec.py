@@ -9,18 +9,26 @@ from typing import Any
 
 import pytest
 
+from dockerkernel import errors
+from dockerkernel.errors import DockerKernelError
+from dockerkernel.identity import Identity, merge_group, merge_passwd
 from dockerkernel.settings import DockerSettings
 from dockerkernel.spec import (
     CONTAINER_CONNECTION_FILE,
+    CONTAINER_HOME,
     GPUS_AUTO_ON_CPU,
     LABEL_KERNEL_ID,
     LABEL_KERNELSPEC,
     LABEL_OWNER_PID,
+    LABEL_OWNER_UID,
     NOTICE_STARTUP_FILE,
     ContainerPlan,
+    Engine,
     Owner,
+    for_engine,
     kernel_command,
     kernel_files_archive,
+    mounted_folders,
     plan_container,
     resolve_auto_gpus,
 )
@@ -36,7 +44,8 @@ CONNECTION = {
     "hb_port": 50004,
     "control_port": 50005,
 }
-OWNER = Owner(host="host", pid=123, started="1.00")
+OWNER = Owner(host="host", pid=123, started="1.00", uid=1000)
+ME = Identity(1000, 100, "me", groups=(27, 2000), group_names=((100, "users"), (2000, "datasets")))
 
 
 def plan(settings: DockerSettings | None = None, **kwargs: Any) -> ContainerPlan:
@@ -48,7 +57,7 @@ def plan(settings: DockerSettings | None = None, **kwargs: Any) -> ContainerPlan
         spec_env={},
         launch_env={},
         owner=OWNER,
-        host_ids=(1000, 100),
+        identity=ME,
     )
     args.update(kwargs)
     return plan_container(settings or DockerSettings(image="img"), **args)
@@ -62,7 +71,7 @@ def test_command_fills_in_the_container_connection_file_and_appends_client_argum
 def test_ports_are_published_on_loopback_only() -> None:
     kwargs = plan().create_kwargs
     assert kwargs["ports"] == {f"{p}/tcp": ("127.0.0.1", p) for p in range(50001, 50006)}
-    assert kwargs["network"] == "bridge"
+    assert kwargs["network"] == "dockerkernel-u1000"  # the user's isolated network
 
 
 def test_host_network_publishes_nothing_and_binds_loopback() -> None:
@@ -79,19 +88,79 @@ def test_container_connection_file_listens_inside_the_container_with_the_same_ke
     assert conn["shell_port"] == 50001
 
 
+def mounts(p: ContainerPlan) -> list[tuple[str, str, str, bool]]:
+    return [(m["Type"], m["Source"], m["Target"], m["ReadOnly"]) for m in p.create_kwargs["mounts"]]
+
+
 def test_notebook_directory_is_mounted_at_its_own_path_and_is_the_working_directory() -> None:
-    kwargs = plan(DockerSettings(image="img", volumes=["/data:/data:ro"])).create_kwargs
-    assert kwargs["working_dir"] == "/home/me/notebooks"
-    assert kwargs["volumes"] == {
-        "/home/me/notebooks": {"bind": "/home/me/notebooks", "mode": "rw"},
-        "/data": {"bind": "/data", "mode": "ro"},
-    }
+    p = plan(DockerSettings(image="img", volumes=["/data:/data:ro"], home="container"))
+    assert p.create_kwargs["working_dir"] == "/home/me/notebooks"
+    assert mounts(p) == [
+        ("bind", "/home/me/notebooks", "/home/me/notebooks", False),
+        ("bind", "/data", "/data", True),
+    ]
+
+
+def test_the_home_is_a_volume_per_user_and_kernelspec() -> None:
+    p = plan(DockerSettings(image="img"))
+    assert mounts(p)[-1] == ("volume", "dockerkernel-home-1000-spec", CONTAINER_HOME, False)
+    assert (
+        mounts(plan(DockerSettings(image="img"), kernel_name="other"))[-1][1]
+        == "dockerkernel-home-1000-other"
+    )
+    assert all(m[0] == "bind" for m in mounts(plan(DockerSettings(image="img", user="image"))))
+
+
+@pytest.mark.parametrize(
+    ("mount", "server_root", "client_cwd", "expected"),
+    [
+        ("auto", "/home/me", "/", ["/home/me"]),  # the server's root, what its file browser shows
+        ("auto", None, "/home/me", ["/home/me"]),  # outside a server: the client's working directory
+        ("auto", "/srv/other", "/home/me", ["/home/me/notebooks"]),  # a root that does not hold it
+        ("auto", "/", None, ["/home/me/notebooks"]),  # never over the image's system
+        ("auto", None, "/home/me/notebooks", ["/home/me/notebooks"]),
+        ("notebook", "/home/me", None, ["/home/me/notebooks"]),
+        ("/home/me", None, None, ["/home/me"]),
+        ("/data/project", None, None, ["/data/project", "/home/me/notebooks"]),
+    ],
+)
+def test_mounted_folders(
+    mount: str, server_root: str | None, client_cwd: str | None, expected: list[str]
+) -> None:
+    assert (
+        mounted_folders(mount, "/home/me/notebooks", server_root=server_root, client_cwd=client_cwd)
+        == expected
+    )
+
+
+def test_a_mount_over_the_image_system_is_refused() -> None:
+    with pytest.raises(DockerKernelError, match="would hide the image's own system folders"):
+        mounted_folders("/usr", "/home/me/notebooks", server_root=None, client_cwd=None)
+
+
+@pytest.mark.parametrize(
+    "volumes",
+    [["/x:/home/me/notebooks"], ["/x:/data", "/y:/data:ro"], ["/x:/dockerkernel"], ["/x:" + CONTAINER_HOME]],
+)
+def test_two_mounts_at_one_target_are_refused(volumes: list[str]) -> None:
+    with pytest.raises(DockerKernelError) as info:
+        plan(DockerSettings(image="img", volumes=volumes))
+    target = volumes[-1].split(":")[1]
+    assert str(info.value).startswith(errors.MOUNT_TARGET_TWICE.split("'{target}'")[0] + f"'{target}'")
+
+
+def test_any_folder_name_can_be_mounted() -> None:
+    odd = "/home/me/a:b c/ünïcødé"
+    p = plan(
+        DockerSettings(image="img", volumes=[{"source": odd, "target": "/data", "read_only": True}]), cwd=odd
+    )
+    assert mounts(p)[:2] == [("bind", odd, odd, False), ("bind", odd, "/data", True)]
 
 
 @pytest.mark.parametrize(
     ("user", "expected", "owner"),
     [
-        ("host", "1000:100", (1000, 100)),
+        ("host", "1000:100", (1000, 100)),  # the invoking user's ids
         ("2000", "2000:2000", (2000, 2000)),
         ("2000:3", "2000:3", (2000, 3)),
         ("image", None, None),
@@ -101,6 +170,51 @@ def test_user(user: str, expected: str | None, owner: tuple[int, int] | None) ->
     p = plan(DockerSettings(image="img", user=user))
     assert p.create_kwargs.get("user") == expected
     assert p.file_owner == owner
+
+
+def test_the_kernel_user_has_a_name_and_the_user_groups() -> None:
+    p = plan()
+    assert p.create_kwargs["group_add"] == ["27", "2000"]
+    env = p.create_kwargs["environment"]
+    assert (env["USER"], env["LOGNAME"], env["HOME"]) == ("me", "me", CONTAINER_HOME)
+    assert p.create_kwargs["labels"][LABEL_OWNER_UID] == "1000"
+
+
+def test_passwd_and_group_entries_are_added_to_the_image_files() -> None:
+    passwd = "root:x:0:0:root:/root:/bin/bash\nme:x:1:1::/:/bin/sh\n"
+    merged = merge_passwd(passwd, ME, CONTAINER_HOME)
+    assert merged.startswith(passwd)
+    assert merged.splitlines()[-1] == f"me2:x:1000:100:me:{CONTAINER_HOME}:/bin/sh"  # 'me' is taken
+    assert merge_passwd(merged, ME, CONTAINER_HOME) == merged  # the uid has an entry: left alone
+    group = "root:x:0:\nusers:x:100:\ndocker:x:27:"
+    assert merge_group(group, ME).splitlines()[3:] == ["datasets:x:2000:me"]
+    assert merge_group("", ME).splitlines() == ["users:x:100:", "group27:x:27:me", "datasets:x:2000:me"]
+
+
+def test_passwd_and_group_go_into_the_container_as_root_owned_files() -> None:
+    archive = kernel_files_archive(plan(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        passwd = tar.getmember("etc/passwd")
+        assert (passwd.uid, passwd.mode) == (0, 0o644)
+        assert b"me:x:1000:100" in tar.extractfile(passwd).read()  # type: ignore[union-attr]
+        assert b"datasets:x:2000:me" in tar.extractfile("etc/group").read()  # type: ignore[union-attr]
+    with tarfile.open(
+        fileobj=io.BytesIO(kernel_files_archive(plan(DockerSettings(image="i", user="image"))))
+    ) as tar:
+        assert "etc/passwd" not in tar.getnames()
+
+
+def test_rootless_engines_map_the_user_back_to_the_host_user() -> None:
+    p = plan()
+    assert for_engine(p, Engine()) is p
+    podman = for_engine(p, Engine(podman=True, rootless=True))
+    assert podman.create_kwargs["userns_mode"] == "keep-id"
+    assert podman.create_kwargs["user"] == "1000:100"
+    assert podman.create_kwargs["network"] == "slirp4netns" and podman.network is None
+    docker_rootless = for_engine(p, Engine(rootless=True))
+    assert docker_rootless.create_kwargs["user"] == "0:0"  # the engine's root is the user on the host
+    assert docker_rootless.file_owner == (0, 0)
+    assert docker_rootless.create_kwargs["environment"]["USER"] == "me"
 
 
 def test_environment_is_an_allow_list() -> None:
@@ -118,6 +232,9 @@ def test_environment_is_an_allow_list() -> None:
     assert kwargs["environment"] == {
         "JPY_SESSION_NAME": "/nb/a.ipynb",
         "HOME": "/dockerkernel/home",
+        "USER": "me",
+        "LOGNAME": "me",
+        "LC_CTYPE": "C.UTF-8",
         "FROM_SPEC": "2",
         "FROM_CONFIG": "1",
     }
@@ -162,8 +279,9 @@ def test_auto_gpus_without_the_runtime_run_on_the_cpu_with_a_notice_in_the_noteb
     assert on_cpu.notice == GPUS_AUTO_ON_CPU
     with tarfile.open(fileobj=io.BytesIO(kernel_files_archive(on_cpu))) as tar:
         startup = tar.getmember(NOTICE_STARTUP_FILE.lstrip("/"))
-        assert (startup.uid, startup.mode) == (1000, 0o600)
+        assert (startup.uid, startup.mode) == (0, 0o644)  # outside the home, which may be kept
         script = tar.extractfile(startup).read().decode()  # type: ignore[union-attr]
+    assert on_cpu.create_kwargs["environment"]["PYTHONSTARTUP"] == NOTICE_STARTUP_FILE
     compile(script, "startup", "exec")
     assert repr(GPUS_AUTO_ON_CPU) in script
     # Other settings are left alone, and get no startup file.
