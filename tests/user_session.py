@@ -16,7 +16,16 @@ import sys
 from jupyter_client.manager import KernelManager
 
 args = json.loads(sys.argv[1])
-install = [sys.executable, "-m", "dockerkernel", "install", "--name", "session", *args["install"]]
+install = [
+    sys.executable,
+    "-m",
+    "dockerkernel",
+    "install",
+    "--name",
+    "session",
+    "--replace",
+    *args["install"],
+]
 subprocess.run(install, check=True, stdout=subprocess.DEVNULL)
 km = KernelManager(kernel_name="session")
 km.start_kernel(cwd=args.get("cwd") or os.getcwd())
