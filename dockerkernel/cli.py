@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python", metavar="EXE", help="the Python inside the image (default: python3)")
     p.add_argument("--run-as", metavar="host|image|UID[:GID]", help=_help("user"))
     p.add_argument("--network", help=_help("network"))
+    p.add_argument("--home", choices=["volume", "container"], help=_help("home"))
+    p.add_argument("--mount", metavar="auto|notebook|PATH", help=_help("mount"))
     p.add_argument("--shm-size", help=_help("shm_size"))
     p.add_argument("--mem-limit", help=_help("mem_limit"))
     p.add_argument("--cpus", type=float, help=_help("cpus"))
@@ -148,6 +150,8 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
         ("gpus", "gpus"),
         ("run_as", "user"),
         ("network", "network"),
+        ("home", "home"),
+        ("mount", "mount"),
         ("shm_size", "shm_size"),
         ("mem_limit", "mem_limit"),
         ("cpus", "cpus"),

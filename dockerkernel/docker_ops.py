@@ -22,7 +22,7 @@ import docker
 import psutil
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.models.containers import Container
+from docker.models.containers import Container, _create_container_args
 from docker.utils import kwargs_from_env, parse_repository_tag
 
 from . import errors
@@ -257,17 +257,33 @@ def _read_file(container: Container, path: str) -> str:
 def _create(client: docker.DockerClient, plan: ContainerPlan) -> Container:
     """Create the planned container, and first its isolated network where it is missing."""
     if plan.network is None:
-        return client.containers.create(**plan.create_kwargs)
+        return _create_container(client, plan.create_kwargs)
     ensure_isolated_network(client, plan.network, plan.owner_uid)
     try:
-        return client.containers.create(**plan.create_kwargs)
+        return _create_container(client, plan.create_kwargs)
     except NotFound as e:
         if "network" not in _reason(e):
             raise
         # Removed since this process made it (`docker network prune`, say): make it again.
         _networks.discard((str(client.api.base_url), plan.network))
         ensure_isolated_network(client, plan.network, plan.owner_uid)
-        return client.containers.create(**plan.create_kwargs)
+        return _create_container(client, plan.create_kwargs)
+
+
+def _create_container(client: docker.DockerClient, kwargs: dict[str, Any]) -> Container:
+    """``client.containers.create(**kwargs)``, also for user-namespace modes that only Podman has.
+
+    The SDK accepts no userns_mode but 'host'; Podman's 'keep-id' goes into
+    the host config that the SDK builds from the other arguments.
+    """
+    userns_mode = kwargs.get("userns_mode")
+    if userns_mode in (None, "host"):
+        return client.containers.create(**kwargs)
+    others = {k: v for k, v in kwargs.items() if k != "userns_mode"}
+    create_kwargs = _create_container_args({**others, "version": client.api._version})
+    create_kwargs["host_config"]["UsernsMode"] = userns_mode
+    created = client.api.create_container(**create_kwargs)
+    return client.containers.get(created["Id"])
 
 
 _networks: set[tuple[str, str]] = set()  # (daemon, network) pairs known to exist
@@ -321,12 +337,20 @@ def engine_of(client: docker.DockerClient) -> Engine:
     if key not in _engines:
         with _daemon_errors():
             components = client.version().get("Components") or []
-            info = client.info()
-        podman = any("podman" in str(c.get("Name", "")).lower() for c in components)
-        security = " ".join(info.get("SecurityOptions") or [])
-        rootless = "rootless" in security or bool(
-            (info.get("host") or {}).get("security", {}).get("rootless")
-        )
+            podman_versions = [
+                c.get("Details", {}).get("APIVersion", "4.0.0")
+                for c in components
+                if "podman" in str(c.get("Name", "")).lower()
+            ]
+            podman = bool(podman_versions)
+            if podman:
+                # Podman's Docker-compatible info does not say; its own API does.
+                url = f"{client.api.base_url}/v{podman_versions[0]}/libpod/info"
+                response = client.api.get(url, timeout=API_TIMEOUT)
+                response.raise_for_status()
+                rootless = bool(response.json().get("host", {}).get("security", {}).get("rootless"))
+            else:
+                rootless = "name=rootless" in (client.info().get("SecurityOptions") or [])
         _engines[key] = Engine(podman=podman, rootless=rootless)
     return _engines[key]
 

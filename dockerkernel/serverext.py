@@ -1,10 +1,11 @@
 """The Jupyter server extension: remove kernel containers whose server is gone; show start errors.
 
 A server killed with SIGKILL (or a machine that lost power) cannot remove its
-kernels' containers. Every container carries its owner's host, pid and process
-start time (spec.Owner), so the next server to start can tell orphans from the
-kernels of servers that still run, its own user's other servers included, and
-removes only the orphans. `dockerkernel prune` does the same on request.
+kernels' containers. Every container carries its owner's host, pid, process
+start time and uid (spec.Owner), so the next server to start can tell its
+user's orphans from the kernels of servers that still run, that user's other
+servers included, and removes only those orphans; other users' containers are
+never touched. `dockerkernel prune` does the same on request.
 
 It also turns on DockerProvisioner.fallback_kernel, so that in a server a
 kernel that cannot start answers every execution with the reason, unless the

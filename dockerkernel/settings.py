@@ -140,9 +140,9 @@ class DockerSettings(LoggingConfigurable):
 
     network = Unicode(
         "isolated",
-        help="""The container's network: 'isolated' (a network of dockerkernel's own on
-        which containers cannot reach one another: the kernel's ports are reachable
-        from the host's loopback only), 'bridge' (Docker's default network, where
+        help="""The container's network: 'isolated' (a network per user that dockerkernel
+        makes, on which containers cannot reach one another: the kernel's ports are
+        reachable from the host's loopback only), 'bridge' (Docker's default network, where
         other containers can reach the kernel's ports), 'host' (the kernel listens
         on the host's loopback), or the name of another Docker network.""",
     ).tag(config=True)

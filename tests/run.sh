@@ -5,8 +5,9 @@
 #   bash tests/run.sh [PYTEST_ARGS...]
 #
 # As root it installs Debian packages (docker.io, debootstrap, python3-venv,
-# chromium, docker-registry), starts dockerd if no engine answers and creates an ordinary user
-# in the docker group for the non-root test. The test virtualenv, built with Debian's
+# chromium, docker-registry, podman and its helpers), starts dockerd if no engine
+# answers and creates an ordinary user in the docker group and a data group for
+# the non-root and rootless Podman tests. The test virtualenv, built with Debian's
 # Python so that that user can run it too, and the image build caches live in
 # $DOCKERKERNEL_TEST_CACHE; reruns reuse them.
 set -euo pipefail
@@ -35,6 +36,11 @@ command -v debootstrap >/dev/null || missing+=(debootstrap)
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v chromium >/dev/null || missing+=(chromium)  # for the JupyterLab tests, with Playwright
 command -v docker-registry >/dev/null || missing+=(docker-registry)  # a real registry on loopback
+# Rootless Podman, run by the test user through its Docker-compatible socket.
+command -v podman >/dev/null || missing+=(podman)
+[ -x /usr/libexec/podman/catatonit ] || command -v catatonit >/dev/null || missing+=(catatonit)
+command -v newuidmap >/dev/null || missing+=(uidmap)
+command -v slirp4netns >/dev/null || missing+=(slirp4netns)
 if [ ${#missing[@]} -gt 0 ]; then
     as_root "the Debian packages ${missing[*]}"
     log "installing ${missing[*]}"
@@ -59,6 +65,9 @@ if [ "$(id -u)" = 0 ]; then
     # A group that only the test user is in, for datasets readable through a group.
     groupadd -f dockerkernel-data
     usermod -aG dockerkernel-data "$DOCKERKERNEL_TEST_USER"
+    # Subordinate ids, for its rootless Podman.
+    grep -q "^$DOCKERKERNEL_TEST_USER:" /etc/subuid 2>/dev/null \
+        || usermod --add-subuids 100000-165535 --add-subgids 100000-165535 "$DOCKERKERNEL_TEST_USER"
 fi
 
 mkdir -p "$DOCKERKERNEL_TEST_CACHE"

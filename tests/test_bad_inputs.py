@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,11 @@ START_CASES = [
     StartCase("memory limit below Docker's minimum", ["--image", PY3, "--mem-limit", "1m"], START_FAILED),
     StartCase("unknown container option", ["--image", PY3],
               START_FAILED, _set(container_options={"no_such_option": 1})),
+    StartCase("two mounts at one path", ["--image", PY3],
+              errors.MOUNT_TARGET_TWICE.format(target="/data", first="'/tmp'", second="'/usr'"),
+              _set(volumes=["/tmp:/data", "/usr:/data:ro"])),
+    StartCase("mount over the image's system", ["--image", PY3],
+              errors.MOUNT_SYSTEM_DIR.format(path="/usr"), _set(mount="/usr")),
 ]  # fmt: skip
 
 
@@ -152,6 +158,7 @@ async def test_bad_kernel_inputs_each_get_one_clear_sentence(
         assert (await server.api("GET", "/api/status", timeout=10))["kernels"] == 0  # still serving
     print("\n".join(report))
     assert not failures, "\n".join(failures)
+    assert not os.path.exists("/no/such/dir")  # a missing volume source is never created
 
 
 CLI_CASES = [

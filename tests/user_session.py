@@ -2,18 +2,42 @@
 
     python user_session.py '{"install": [...], "cells": [...], "cwd": "...", "keep": false}'
 
-With "keep", the kernel stays up after the cells, until stdin closes: a live
-kernel of that user for the test to look at. The last stdout line is
-{"outputs": [...], "container": ID}; each output is the cell's stdout, or
-"ERROR ename" for a failed cell.
+Each output is the cell's stdout, or "ERROR ename" for a failed cell. Two
+cells are actions instead of code: "%interrupt" runs a long sleep and
+interrupts it once the kernel is busy, "%restart" restarts the kernel. With
+"keep", the kernel stays up after the cells, until stdin closes: a live kernel
+of that user for the test to look at. The last stdout line is
+{"outputs": [...], "container": ID}.
 """
 
 import json
 import os
 import subprocess
 import sys
+from typing import Any
 
+from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
+
+
+def run_cell(kc: BlockingKernelClient, code: str) -> str:
+    text: list[str] = []
+    reply = kc.execute_interactive(
+        code, timeout=60, output_hook=lambda m: text.append(m["content"].get("text", ""))
+    )
+    return "".join(text) if reply["content"]["status"] == "ok" else "ERROR " + reply["content"]["ename"]
+
+
+def interrupt(km: KernelManager, kc: BlockingKernelClient) -> str:
+    msg_id = kc.execute("import time; time.sleep(60)")
+    while True:
+        msg: dict[str, Any] = kc.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["content"].get("execution_state") == "busy":
+            break
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=10)
+    return "ERROR " + reply["content"].get("ename", "") if reply["content"]["status"] == "error" else "ok"
+
 
 args = json.loads(sys.argv[1])
 install = [
@@ -35,12 +59,14 @@ try:
     kc.wait_for_ready(timeout=60)
     outputs = []
     for cell in args["cells"]:
-        text: list[str] = []
-        reply = kc.execute_interactive(
-            cell, timeout=60, output_hook=lambda m, text=text: text.append(m["content"].get("text", ""))
-        )
-        ok = reply["content"]["status"] == "ok"
-        outputs.append("".join(text) if ok else "ERROR " + reply["content"]["ename"])
+        if cell == "%interrupt":
+            outputs.append(interrupt(km, kc))
+        elif cell == "%restart":
+            km.restart_kernel()
+            kc.wait_for_ready(timeout=60)
+            outputs.append("restarted")
+        else:
+            outputs.append(run_cell(kc, cell))
     print(json.dumps({"outputs": outputs, "container": km.provisioner.container_id}), flush=True)
     if args.get("keep"):
         sys.stdin.read()

@@ -23,3 +23,12 @@ async def wait_until(condition: Callable[[], Any], what: str, timeout: float = 6
             return value
         assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
         await asyncio.sleep(0.05)
+
+
+def wait_until_sync(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    """wait_until() for code outside an event loop, such as a synchronous fixture."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.05)
+    return value

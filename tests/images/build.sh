@@ -35,7 +35,7 @@ conf() { (source "$here/$1/image.conf"; eval "echo \"\${$2:-}\""); }
 
 # rootfs SUITE PACKAGES: a cached tarball of a minimal Debian with PACKAGES.
 rootfs() {
-    local tarball="$CACHE/rootfs-$1-$(echo "$2" | sha256sum | cut -c1-12).tar"
+    local tarball="$CACHE/rootfs-$1-$(echo "$2" | sha256sum | cut -c1-12)-0755.tar"
     if [ ! -s "$tarball" ]; then
         log "debootstrap $1 with $2"
         local dir; dir=$(mktemp -d)
@@ -43,6 +43,8 @@ rootfs() {
             || { tail -20 "$CACHE/debootstrap-$1.log" >&2; rm -rf "$dir"; return 1; }
         # Trim what a kernel image does not need.
         rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
+        # mktemp made the root 0700: Docker hides that, but rootless Podman's users could not enter it.
+        chmod 0755 "$dir"
         tar -C "$dir" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
         rm -rf "$dir"
     fi
