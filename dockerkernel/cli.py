@@ -203,16 +203,17 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def _present_for_no_pull(args: argparse.Namespace, image: str) -> bool:
-    """With --no-pull, whether the image is here to be checked; refused where a flag needs it."""
-    client = docker_ops.get_client()
-    if docker_ops.image_present(client, image):
-        return True
-    flags = [
-        f for f, given in (("--add-ipykernel", _wants_ipykernel(args)), ("--curve", args.curve)) if given
-    ]
-    if flags:
+    """With --no-pull, whether a flag needs the image checked: it must be here, or the install is refused.
+
+    Without such a flag, --no-pull checks nothing: the image may not exist yet.
+    """
+    wanted = (("--add-ipykernel", _wants_ipykernel(args)), ("--curve", args.curve))
+    flags = [flag for flag, given in wanted if given]
+    if not flags:
+        return False
+    if not docker_ops.image_present(docker_ops.get_client(), image):
         raise DockerKernelError(errors.NO_PULL_NEEDS_IMAGE.format(flag=flags[0], image=image))
-    return False
+    return True
 
 
 def _wants_ipykernel(args: argparse.Namespace) -> bool:

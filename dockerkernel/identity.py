@@ -32,23 +32,14 @@ class Identity:
         return f"{self.uid}:{self.gid}"
 
 
-def host_identity(uid: int | None = None, gid: int | None = None) -> Identity:
-    """This process's user (or the one given), with its host name and groups."""
-    this_process = uid is None
-    uid = os.getuid() if uid is None else uid
-    gid = (os.getgid() if this_process else _primary_gid(uid)) if gid is None else gid
+def host_identity() -> Identity:
+    """This process's user, with its name and supplementary groups as the host knows them."""
+    uid, gid = os.getuid(), os.getgid()
     try:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:
         name = f"user{uid}"
-    if this_process:
-        groups = os.getgroups()
-    else:
-        try:
-            groups = os.getgrouplist(name, gid)
-        except (KeyError, OSError):
-            groups = []
-    supplementary = tuple(sorted({g for g in groups if g != gid}))
+    supplementary = tuple(sorted({g for g in os.getgroups() if g != gid}))
     names = []
     for g in (gid, *supplementary):
         try:
@@ -56,13 +47,6 @@ def host_identity(uid: int | None = None, gid: int | None = None) -> Identity:
         except KeyError:
             pass
     return Identity(uid, gid, name, supplementary, tuple(names))
-
-
-def _primary_gid(uid: int) -> int:
-    try:
-        return pwd.getpwuid(uid).pw_gid
-    except KeyError:
-        return uid
 
 
 def _entries(text: str) -> list[list[str]]:
