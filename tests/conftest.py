@@ -105,8 +105,13 @@ def kernel_containers(client: docker.DockerClient) -> dict[str, Any]:
 
 @pytest.fixture
 def no_leftovers(docker_client: docker.DockerClient, request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a test that leaves a kernel container behind; show the logs of a failed test's kernels."""
+    """Fail a test that leaves a kernel container behind; show the logs of a failed test's kernels.
+
+    The kernel homes that the test made are removed, as a user would with
+    `uninstall --purge`: they are meant to outlive kernels, not tests.
+    """
     before = set(kernel_containers(docker_client))
+    homes_before = set(kernel_homes(docker_client))
     yield
     new = {cid: c for cid, c in kernel_containers(docker_client).items() if cid not in before}
     report = getattr(request.node, "rep_call", None)
@@ -115,7 +120,14 @@ def no_leftovers(docker_client: docker.DockerClient, request: pytest.FixtureRequ
             print(f"--- logs of {c.name} ---\n{c.logs(tail=50).decode(errors='replace')}")
     for c in new.values():
         c.remove(force=True)
+    for name, volume in kernel_homes(docker_client).items():
+        if name not in homes_before:
+            volume.remove(force=True)
     assert not new, f"kernel containers left behind: {[c.name for c in new.values()]}"
+
+
+def kernel_homes(client: docker.DockerClient) -> dict[str, Any]:
+    return {v.name: v for v in client.volumes.list(filters={"name": "dockerkernel-home-"})}
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
