@@ -152,6 +152,7 @@ def test_the_kernel_lifecycle_on_a_rootless_engine(
         "import os, getpass\nprint(os.getcwd())\nprint(open('data.txt').read().strip())\n"
         "print(getpass.getuser())",
         "open('from-kernel.txt', 'w').write('written in the container')\nx = 1",
+        "home = os.path.expanduser('~')\nopen(os.path.join(home, 'kept.txt'), 'w').write('x')\nprint(home)",
         "%interrupt",
         "print('still here')",
         "%restart",
@@ -161,10 +162,12 @@ def test_the_kernel_lifecycle_on_a_rootless_engine(
     url = request.getfixturevalue(engine)
     session = user_session(install, cells, cwd=notebooks, DOCKER_HOST=url)
 
-    first, written, interrupted, after, restarted, forgotten = session.outputs
+    first, written, home, interrupted, after, restarted, forgotten = session.outputs
     assert first.splitlines() == [str(notebooks), "data from the host", ordinary_user.pw_name]
     assert written == ""
-    assert interrupted == "ERROR KeyboardInterrupt"
+    assert (
+        home == "/dockerkernel/home\n"
+    )  # the home volume, writable by the kernel    assert interrupted == "ERROR KeyboardInterrupt"
     assert after == "still here\n"
     assert (restarted, forgotten) == ("restarted", "ERROR NameError")
     owned = (notebooks / "from-kernel.txt").stat()
