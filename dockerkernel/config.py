@@ -39,10 +39,25 @@ def check_launchable(settings: DockerSettings, kernel_name: str, cwd: str) -> No
         raise DockerKernelError(errors.NO_IMAGE.format(kernel=kernel_name))
     if not os.path.isdir(cwd):
         raise DockerKernelError(errors.NOTEBOOK_DIR_MISSING.format(path=cwd))
-    if settings.mount not in ("auto", "notebook") and not os.path.isdir(settings.mount):
+    if settings.mount not in ("auto", "notebook") and not _reachable(settings.mount):
         raise DockerKernelError(errors.MOUNT_MISSING.format(path=settings.mount, kernel=kernel_name))
     for volume in settings.volumes:
         host = parse_volume(volume)[0]
         # Docker would create a missing host path, as an empty directory owned by root.
-        if not os.path.exists(host):
+        if not _reachable(host):
             raise DockerKernelError(errors.VOLUME_HOST_MISSING.format(path=host, volume=volume))
+
+
+def _reachable(path: str) -> bool:
+    """Whether ``path`` exists; one that this user may not reach is an error of its own.
+
+    The kernel runs as this user, so a folder it cannot reach is of no use to it,
+    even where the Docker daemon, as root, could mount it.
+    """
+    try:
+        os.stat(path)
+        return True
+    except PermissionError:
+        raise DockerKernelError(errors.PATH_NOT_YOURS.format(path=path)) from None
+    except OSError:
+        return False

@@ -143,3 +143,7 @@ MOUNT_MISSING = (
     "The folder '{path}' that kernelspec '{kernel}' mounts does not exist: create it, or set "
     "mount to 'auto' or 'notebook'."
 )
+PATH_NOT_YOURS = (
+    "The host path '{path}' cannot be reached by your user (permission denied), so the kernel, "
+    "which runs as you, could not use it: ask for access to it, or mount another folder."
+)

@@ -21,6 +21,8 @@ from typing import Any
 import docker
 import pytest
 
+from dockerkernel import errors
+
 from conftest import IMAGES, PYTHONS
 
 pytestmark = pytest.mark.docker
@@ -111,3 +113,17 @@ def test_connection_file_is_readable_by_that_user_only(
     )
     session = user_session(["--image", IMAGES["py3"]], [cell])
     assert json.loads(session.outputs[0]) == [ordinary_user.pw_uid, "0o600"]
+
+
+def test_a_volume_the_user_cannot_reach_is_one_sentence(
+    ordinary_user: pwd.struct_passwd, user_session: Any, docker_client: Any, no_leftovers: None
+) -> None:
+    """Not "does not exist": the folder is there, the user may not enter its parent."""
+    private = Path(tempfile.mkdtemp(prefix="dockerkernel-private-"))  # 0700, root's
+    (private / "data").mkdir()
+    try:
+        with pytest.raises(AssertionError) as failed:
+            user_session(["--image", IMAGES["py3"], "--volume", f"{private / 'data'}:/data"], ["1"])
+        assert errors.PATH_NOT_YOURS.format(path=private / "data") in str(failed.value)
+    finally:
+        shutil.rmtree(private)
