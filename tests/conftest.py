@@ -29,7 +29,7 @@ import pytest
 from jupyter_client.manager import AsyncKernelManager
 
 from dockerkernel.cli import main as cli_main
-from dockerkernel.spec import LABEL_KERNEL_ID
+from dockerkernel.spec import LABEL_KERNEL_ID, LABEL_NETWORK_OF
 
 from servers import JupyterServer
 
@@ -84,8 +84,12 @@ def test_images() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def docker_client() -> docker.DockerClient:
-    """The Docker engine, with the test images built; a failure, never a skip, without them."""
+def docker_client() -> Iterator[docker.DockerClient]:
+    """The Docker engine, with the test images built; a failure, never a skip, without them.
+
+    The kernel homes and user networks made during the run, by tests that do
+    not check for leftovers too, are removed at its end.
+    """
     try:
         client = docker.from_env()
         client.ping()
@@ -96,7 +100,15 @@ def docker_client() -> docker.DockerClient:
             client.images.get(image)
         except docker.errors.ImageNotFound:
             pytest.fail(f"test image {image} is missing: run tests/images/build.sh")
-    return client
+    homes_before = set(kernel_homes(client))
+    networks_before = {n.id for n in client.networks.list(filters={"label": LABEL_NETWORK_OF})}
+    yield client
+    for name, volume in kernel_homes(client).items():
+        if name not in homes_before:
+            volume.remove(force=True)
+    for network in client.networks.list(filters={"label": LABEL_NETWORK_OF}):
+        if network.id not in networks_before:
+            network.remove()
 
 
 def kernel_containers(client: docker.DockerClient) -> dict[str, Any]:
