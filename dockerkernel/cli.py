@@ -185,7 +185,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         # Pull before installing, so that a kernelspec is never left naming an image that cannot be had.
         result = _pull(config["image"], "missing")
         print(result or f"Image {config['image']} is present.", file=sys.stderr)
-    if args.dockerfile or not args.no_pull or _present_for_no_pull(args, config["image"]):
+    if args.dockerfile or not args.no_pull or _check_despite_no_pull(args, config["image"]):
         metadata = _make_kernel_ready(args, config)
     path = kernelspec.install(
         name=name,
@@ -202,7 +202,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _present_for_no_pull(args: argparse.Namespace, image: str) -> bool:
+def _check_despite_no_pull(args: argparse.Namespace, image: str) -> bool:
     """With --no-pull, whether a flag needs the image checked: it must be here, or the install is refused.
 
     Without such a flag, --no-pull checks nothing: the image may not exist yet.

@@ -131,11 +131,15 @@ class ContainerPlan:
     notice: str = ""  # shown in the notebook at the first execution
     identity: Identity | None = None  # given a passwd and group entry in the container
     network: str | None = None  # an isolated network that must exist before the create
-    owner_uid: int = 0  # the user whose network and home volume these are
 
     @property
     def image(self) -> str:
         return str(self.create_kwargs["image"])
+
+    @property
+    def owner_uid(self) -> int:
+        """The user whose container, network and home volume these are."""
+        return int(self.create_kwargs["labels"][LABEL_OWNER_UID])
 
 
 def kernel_command(kernel_cmd: Sequence[str], extra_arguments: Sequence[str] = ()) -> list[str]:
@@ -353,7 +357,6 @@ def plan_container(
         gpus=settings.gpus,
         identity=kernel_user,
         network=network,
-        owner_uid=owner.uid,
     )
 
 
@@ -396,15 +399,13 @@ def for_engine(plan: ContainerPlan, engine: Engine) -> ContainerPlan:
     if not engine.rootless or plan.identity is None:
         return plan
     kwargs = dict(plan.create_kwargs)
-    if plan.network is not None and engine.podman:
-        kwargs["network"] = "slirp4netns"
-        plan = replace(plan, network=None)
+    kwargs.pop("group_add", None)  # the engine's user namespace maps no other groups
     if engine.podman:
         kwargs["userns_mode"] = "keep-id"
-        kwargs.pop("group_add", None)  # the user's groups come with keep-id, where mapped
-        return replace(plan, create_kwargs=kwargs)
+        if plan.network is not None:
+            kwargs["network"] = "slirp4netns"
+        return replace(plan, create_kwargs=kwargs, network=None)
     kwargs["user"] = "0:0"
-    kwargs.pop("group_add", None)
     return replace(plan, create_kwargs=kwargs, file_owner=(0, 0), identity=None)
 
 

@@ -103,9 +103,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
     homes_before = set(kernel_homes(client))
     networks_before = {n.id for n in client.networks.list(filters={"label": LABEL_NETWORK_OF})}
     yield client
-    for name, volume in kernel_homes(client).items():
-        if name not in homes_before:
-            volume.remove(force=True)
+    remove_new_homes(client, homes_before)
     for network in client.networks.list(filters={"label": LABEL_NETWORK_OF}):
         if network.id not in networks_before:
             network.remove()
@@ -132,14 +130,19 @@ def no_leftovers(docker_client: docker.DockerClient, request: pytest.FixtureRequ
             print(f"--- logs of {c.name} ---\n{c.logs(tail=50).decode(errors='replace')}")
     for c in new.values():
         c.remove(force=True)
-    for name, volume in kernel_homes(docker_client).items():
-        if name not in homes_before:
-            volume.remove(force=True)
+    remove_new_homes(docker_client, homes_before)
     assert not new, f"kernel containers left behind: {[c.name for c in new.values()]}"
 
 
 def kernel_homes(client: docker.DockerClient) -> dict[str, Any]:
     return {v.name: v for v in client.volumes.list(filters={"name": "dockerkernel-home-"})}
+
+
+def remove_new_homes(client: docker.DockerClient, before: set[str]) -> None:
+    """Remove the kernel homes that are not in ``before``."""
+    for name, volume in kernel_homes(client).items():
+        if name not in before:
+            volume.remove(force=True)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
