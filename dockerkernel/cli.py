@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import pwd
 import re
 import sys
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from . import __version__, docker_ops, doctor, errors, images, kernelspec
 from .errors import DockerKernelError
 from .pulls import PullBars
 from .settings import DEFAULT_KERNEL_CMD, DockerSettings
-from .spec import LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER_UID
+from .spec import LABEL_GPUS, LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER_UID
 
 
 def _help(trait: str) -> str:
@@ -46,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the kernelspec's name (default: the preset's, or one made from the image)")
     p.add_argument("--display-name", help="the name shown in Jupyter's kernel picker")
     p.add_argument("--gpus", help=_help("gpus"))
+    p.add_argument("--when-gpus-busy", choices=["share", "refuse"], help=_help("when_gpus_busy"))
+    p.add_argument("--gpu-inventory", metavar="ID,ID,...", help=_help("gpu_inventory"))
     p.add_argument(
         "--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]", help=_help("volumes")
     )
@@ -148,6 +149,7 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
     for option, setting in (
         ("image", "image"),
         ("gpus", "gpus"),
+        ("when_gpus_busy", "when_gpus_busy"),
         ("run_as", "user"),
         ("network", "network"),
         ("home", "home"),
@@ -159,6 +161,8 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
     ):
         if getattr(args, option) is not None:
             config[setting] = getattr(args, option)
+    if args.gpu_inventory:
+        config["gpu_inventory"] = [i.strip() for i in args.gpu_inventory.split(",") if i.strip()]
     if args.volume:
         config["volumes"] = config.get("volumes", []) + args.volume
     if args.python:
@@ -299,13 +303,6 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _user_name(uid: str) -> str:
-    try:
-        return pwd.getpwuid(int(uid)).pw_name
-    except (KeyError, ValueError):
-        return uid or "?"
-
-
 def _container_rows(every_user: bool) -> list[dict[str, Any]]:
     mine = {} if every_user else {LABEL_OWNER_UID: str(os.getuid())}
     rows = []
@@ -318,7 +315,8 @@ def _container_rows(every_user: bool) -> list[dict[str, Any]]:
                 "status": c.status,
                 "kernelspec": c.labels.get(LABEL_KERNELSPEC, ""),
                 "kernel_id": c.labels.get(LABEL_KERNEL_ID, ""),
-                "user": _user_name(c.labels.get(LABEL_OWNER_UID, "")),
+                "user": docker_ops.user_name(c.labels.get(LABEL_OWNER_UID, "")),
+                "gpus": c.labels.get(LABEL_GPUS, ""),
                 "owner": {True: "running", False: "gone", None: "unknown"}[alive],
                 "image": c.attrs.get("Config", {}).get("Image", ""),
             }
@@ -335,8 +333,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
             "No kernel containers." if args.all else "No kernel containers of yours (--all shows everyone's)."
         )
     else:
-        keys = ("container", "kernelspec", "kernel_id", "user", "status", "owner", "image")
-        print(_table([tuple(k.upper() for k in keys)] + [tuple(r[k] for k in keys) for r in rows]))
+        keys = ("container", "kernelspec", "kernel_id", "user", "status", "owner", "gpus", "image")
+        table = [tuple(r[k] or "-" for k in keys) for r in rows]
+        print(_table([tuple(k.upper() for k in keys), *table]))
     return 0
 
 

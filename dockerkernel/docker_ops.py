@@ -8,14 +8,17 @@ causes a user can fix into a DockerKernelError with a sentence from errors.py.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
+import pwd
 import socket
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import docker
@@ -25,11 +28,15 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container, _create_container_args
 from docker.utils import kwargs_from_env, parse_repository_tag
 
-from . import errors
+from . import errors, gpus
 from .errors import DockerKernelError, PortTaken
+from .gpus import Gpu, GpuSupport, Holding
 from .pulls import PullLog
 from .spec import (
+    LABEL_GPU_LOCK,
+    LABEL_GPUS,
     LABEL_KERNEL_ID,
+    LABEL_KERNELSPEC,
     LABEL_NETWORK_OF,
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
@@ -40,8 +47,9 @@ from .spec import (
     Engine,
     Owner,
     for_engine,
+    gpu_create_kwargs,
     kernel_files_archive,
-    resolve_auto_gpus,
+    place_gpus,
 )
 
 log = logging.getLogger(__name__)
@@ -214,18 +222,22 @@ def _untimed_api(api_version: str) -> Iterator[docker.APIClient]:
         api.close()
 
 
-def start_container(client: docker.DockerClient, plan: ContainerPlan) -> str:
+def start_container(
+    client: docker.DockerClient, plan: ContainerPlan, created: Callable[[], None] | None = None
+) -> str:
     """Create the planned container, copy the kernel's files in and start it.
 
     The kernel's user gets its passwd and group entries in copies of the
-    image's own files, read from the created container. Returns the container
-    id. On any failure the container is removed again and a DockerKernelError
-    says why.
+    image's own files, read from the created container. ``created`` is called
+    once the container exists. Returns the container id. On any failure the
+    container is removed again and a DockerKernelError says why.
     """
     container: Container | None = None
     try:
         with _daemon_errors():
             container = _create(client, plan)
+            if created is not None:
+                created()
             passwd = group = None
             if plan.identity is not None:
                 passwd, group = _read_file(container, "/etc/passwd"), _read_file(container, "/etc/group")
@@ -258,16 +270,16 @@ def _create(client: docker.DockerClient, plan: ContainerPlan) -> Container:
     """Create the planned container, and first its isolated network where it is missing."""
     if plan.network is None:
         return _create_container(client, plan.create_kwargs)
-    ensure_isolated_network(client, plan.network, plan.owner_uid)
+    kwargs = {**plan.create_kwargs, "network": ensure_isolated_network(client, plan.network, plan.owner_uid)}
     try:
-        return _create_container(client, plan.create_kwargs)
+        return _create_container(client, kwargs)
     except NotFound as e:
         if "network" not in _reason(e):
             raise
         # Removed since this process made it (`docker network prune`, say): make it again.
-        _networks.discard((str(client.api.base_url), plan.network))
-        ensure_isolated_network(client, plan.network, plan.owner_uid)
-        return _create_container(client, plan.create_kwargs)
+        _networks.pop((str(client.api.base_url), plan.network), None)
+        kwargs["network"] = ensure_isolated_network(client, plan.network, plan.owner_uid)
+        return _create_container(client, kwargs)
 
 
 def _create_container(client: docker.DockerClient, kwargs: dict[str, Any]) -> Container:
@@ -286,32 +298,44 @@ def _create_container(client: docker.DockerClient, kwargs: dict[str, Any]) -> Co
     return client.containers.get(created["Id"])
 
 
-_networks: set[tuple[str, str]] = set()  # (daemon, network) pairs known to exist
+_networks: dict[tuple[str, str], str] = {}  # (daemon, network name): the id of the network used
 
 
-def ensure_isolated_network(client: docker.DockerClient, name: str, uid: int) -> None:
+def ensure_isolated_network(client: docker.DockerClient, name: str, uid: int) -> str:
     """Create a user's isolated network once: a bridge on which containers cannot reach one another.
 
     Docker already keeps containers of different networks apart; with
     inter-container traffic off, a user's kernels cannot reach each other
     either. Ports published on the host's loopback still reach each kernel.
+    Returns the network's id. Docker does not make names unique: two
+    processes that create it at once both succeed. All of them then use the
+    oldest one, by id, and the others are removed where no container uses them.
     """
     key = (str(client.api.base_url), name)
     if key in _networks:
-        return
-    if not client.networks.list(names=[name]):
-        try:
-            client.networks.create(
+        return _networks[key]
+    with _daemon_errors():
+        if not client.api.networks(names=[name]):
+            client.api.create_network(
                 name,
                 driver="bridge",
                 options={"com.docker.network.bridge.enable_icc": "false"},
                 labels={LABEL_NETWORK_OF: str(uid)},
-                check_duplicate=True,
             )
-        except APIError as e:
-            if e.status_code != 409:  # made by another server since the list: fine
-                raise
-    _networks.add(key)
+        found = [n for n in client.api.networks(names=[name]) if n["Name"] == name]
+        oldest, *others = sorted(found, key=lambda n: (_created(n["Created"]), n["Id"]))
+        for other in others:
+            with _gone_is_fine():  # 409: in use, by a container of a process that chose it just before
+                client.api.remove_network(other["Id"])
+    _networks[key] = str(oldest["Id"])
+    return _networks[key]
+
+
+def _created(stamp: str) -> str:
+    """An RFC 3339 time as Docker writes it, with up to nine digits of seconds, made sortable as text."""
+    whole, _, fraction = stamp.partition(".")
+    digits = "".join(itertools.takewhile(str.isdigit, fraction))
+    return whole[:19] + digits.ljust(9, "0")
 
 
 def _start_error(plan: ContainerPlan, e: APIError) -> DockerKernelError:
@@ -355,10 +379,181 @@ def engine_of(client: docker.DockerClient) -> Engine:
     return _engines[key]
 
 
-def has_nvidia_runtime(client: docker.DockerClient) -> bool:
-    """Whether the daemon has the NVIDIA runtime that GPU requests need."""
+_gpu_support: dict[str, GpuSupport] = {}
+_gpu_probe_lock = threading.Lock()
+
+
+def gpu_support(client: docker.DockerClient, image: str, *, fresh: bool = False) -> GpuSupport:
+    """Whether the daemon gives containers GPUs, and which; asked once per daemon (``fresh``: again).
+
+    The daemon itself is asked, whichever way it serves GPUs: a throwaway
+    container of ``image`` (present on the daemon) with every GPU runs
+    nvidia-smi, which the NVIDIA hook puts into GPU containers. That covers the
+    NVIDIA runtime, the hook alone on dockerd's PATH (no runtime entry), and
+    CDI, which is tried when the first way is refused.
+    """
+    key = str(client.api.base_url)
+    with _gpu_probe_lock:
+        if fresh or key not in _gpu_support:
+            _gpu_support[key] = _probe_gpus(client, image)
+        return _gpu_support[key]
+
+
+def forget_gpu_support(client: docker.DockerClient) -> None:
+    """Ask the daemon again at the next start: it refused GPUs that it was thought to give."""
+    _gpu_support.pop(str(client.api.base_url), None)
+
+
+def _probe_gpus(client: docker.DockerClient, image: str) -> GpuSupport:
+    podman = engine_of(client).podman
+    # Podman serves GPUs through CDI only; a device request it would ignore.
+    methods = [gpus.CDI] if podman else [gpus.NVIDIA, gpus.CDI]
+    refusals = []
+    for method in methods:
+        try:
+            status, out, err = run_once(
+                client, image, gpus.NVIDIA_SMI_QUERY, **gpu_create_kwargs(None, method, podman)
+            )
+        except APIError as e:  # the create itself refused the devices
+            status, out, err = None, "", _reason(e)
+        if status is None and not _command_missing(err):
+            refusals.append(f"{method}: {err.strip().splitlines()[-1] if err.strip() else 'refused'}")
+            continue
+        found = gpus.parse_nvidia_smi(out) if status == 0 else []
+        if found:
+            return GpuSupport(method, tuple(found), f"listed by nvidia-smi in image {image}")
+        last = (err.strip().splitlines() or ["it printed no GPU"])[-1]
+        return GpuSupport(method, (), f"nvidia-smi in image {image} did not list them: {last[:200]}")
+    return GpuSupport("", (), "; ".join(refusals))
+
+
+def _command_missing(reason: str) -> bool:
+    return "executable file not found" in reason or ("exec:" in reason and "no such file" in reason)
+
+
+def gpu_holdings(client: docker.DockerClient, inventory: tuple[Gpu, ...]) -> list[Holding]:
+    """The GPUs that kernel containers hold: those created or running, of every user."""
     with _daemon_errors():
-        return "nvidia" in (client.info().get("Runtimes") or {})
+        summaries = client.api.containers(all=True, filters={"label": [LABEL_GPUS]})
+    holdings = []
+    for summary in summaries:
+        if summary.get("State") not in ("created", "running", "paused", "restarting"):
+            continue  # an exited kernel holds nothing, even before its container is removed
+        labels = summary.get("Labels") or {}
+        holdings.append(
+            Holding(
+                ids=gpus.held_ids(labels.get(LABEL_GPUS, ""), inventory),
+                user=user_name(labels.get(LABEL_OWNER_UID, "")),
+                kernelspec=labels.get(LABEL_KERNELSPEC, "?"),
+            )
+        )
+    return holdings
+
+
+def user_name(uid: str) -> str:
+    """A user's name on this host, from a uid label; the uid where it has none."""
+    try:
+        return pwd.getpwuid(int(uid)).pw_name
+    except (KeyError, ValueError):
+        return f"uid {uid}" if uid else "?"
+
+
+GPU_LOCK_NAME = "dockerkernel-gpu-lock"
+GPU_LOCK_WAIT = 60.0  # seconds a start waits for another start's allocation
+GPU_LOCK_STALE = 30.0  # a lock held this long by the same holder is left by a crashed process
+
+
+class GpuLock:
+    """A daemon-wide lock on GPU allocation: a container named GPU_LOCK_NAME, never started.
+
+    Container names are unique per daemon, so its creation is an atomic claim
+    that holds across server processes, launchers and users of one daemon.
+    The holder lists the GPUs held, chooses, creates its kernel's container
+    (whose label then holds the GPUs) and removes the lock. A lock whose
+    holder is gone, or that stays for GPU_LOCK_STALE, is taken over.
+    """
+
+    def __init__(self, client: docker.DockerClient, image: str) -> None:
+        self.client, self.image = client, image
+        self.container_id: str | None = None
+
+    def __enter__(self) -> GpuLock:
+        deadline = time.monotonic() + GPU_LOCK_WAIT
+        first_seen: dict[str, float] = {}
+        delay = 0.01
+        while self.container_id is None:
+            with _daemon_errors():
+                try:
+                    created = self.client.api.create_container(
+                        self.image,
+                        name=GPU_LOCK_NAME,
+                        entrypoint=["true"],
+                        network_disabled=True,
+                        labels={LABEL_GPU_LOCK: "1", **this_process_owner().labels()},
+                    )
+                    self.container_id = str(created["Id"])
+                    break
+                except APIError as e:
+                    if e.status_code != 409:
+                        raise
+                holder = self._holder()
+            if holder is not None:
+                holder_id, labels = holder
+                seen = first_seen.setdefault(holder_id, time.monotonic())
+                if owner_alive(labels) is False or time.monotonic() - seen > GPU_LOCK_STALE:
+                    log.warning(
+                        "Taking over the GPU allocation lock %s, left by a start that ended", holder_id[:12]
+                    )
+                    remove_container(self.client, holder_id)
+                    continue
+            if time.monotonic() > deadline:
+                raise DockerKernelError(
+                    errors.GPU_LOCK_TIMEOUT.format(name=GPU_LOCK_NAME, seconds=int(GPU_LOCK_WAIT))
+                )
+            time.sleep(delay)  # another start allocates: this takes tens of milliseconds
+            delay = min(delay * 2, 0.2)
+        return self
+
+    def _holder(self) -> tuple[str, dict[str, str]] | None:
+        try:
+            attrs = self.client.api.inspect_container(GPU_LOCK_NAME)
+        except NotFound:
+            return None  # released since our create: try again at once
+        return str(attrs["Id"]), attrs.get("Config", {}).get("Labels") or {}
+
+    def release(self) -> None:
+        """Let the next start allocate; called once this start's container exists, and on exit."""
+        if self.container_id is not None:
+            container_id, self.container_id = self.container_id, None
+            remove_container(self.client, container_id)
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def place_kernel_gpus(
+    client: docker.DockerClient, plan: ContainerPlan, kernel_log: logging.Logger | logging.LoggerAdapter[Any]
+) -> str:
+    """Start the planned container with the GPUs it gets on this daemon; the container id.
+
+    A count is chosen under the daemon's GPU lock, which this start holds
+    until its container exists, so that two starts never choose the same GPU.
+    """
+    support = gpu_support(client, plan.image)
+    counted = plan.gpus.isdigit() and bool(support.with_inventory(plan.gpu_inventory).gpus)
+    lock = GpuLock(client, plan.image) if counted else None
+    with lock or nullcontext():
+        inventory = support.with_inventory(plan.gpu_inventory).gpus
+        holdings = gpu_holdings(client, inventory) if plan.gpus != "none" and support.available else []
+        plan = place_gpus(plan, support, holdings, podman=engine_of(client).podman)
+        if plan.notice:
+            (kernel_log.warning if plan.notice_stream == "stderr" else kernel_log.info)("%s", plan.notice)
+        try:
+            return start_container(client, plan, created=lock.release if lock else None)
+        except DockerKernelError as e:
+            if str(e) == errors.GPUS_UNAVAILABLE.format(gpus=plan.gpus):
+                forget_gpu_support(client)  # it refused after all: ask again next time
+            raise
 
 
 def run_kernel_container(
@@ -376,11 +571,10 @@ def run_kernel_container(
         progress = PullLog(plan.image, kernel_log)
         pull_image(client, plan.image, progress)
         progress.finished()
-    if plan.gpus == "auto":
-        plan = resolve_auto_gpus(plan, has_nvidia_runtime(client))
-    if plan.notice:
-        kernel_log.warning("%s", plan.notice)
-    container_id = start_container(client, plan)
+    if plan.gpus == "none":
+        container_id = start_container(client, plan)
+    else:
+        container_id = place_kernel_gpus(client, plan, kernel_log)
     return container_id, watch_container(container_id, client.api.api_version)
 
 

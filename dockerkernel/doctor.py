@@ -6,11 +6,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import docker
-from docker.types import DeviceRequest
 from jupyter_core.paths import jupyter_config_path
 from jupyter_server.extension.config import ExtensionConfigManager
 
-from . import docker_ops, images, kernelspec
+from . import docker_ops, gpus, images, kernelspec
 from .errors import DockerKernelError
 from .settings import DEFAULT_KERNEL_CMD
 
@@ -42,33 +41,44 @@ def run_checks() -> Iterator[Check]:
     yield extension_check()
 
 
+METHODS = {gpus.NVIDIA: "Docker's NVIDIA device driver", gpus.CDI: "CDI"}
+
+
 def gpu_checks(client: docker.DockerClient, kernels: list[kernelspec.InstalledKernel]) -> Iterator[Check]:
-    if not docker_ops.has_nvidia_runtime(client):
+    """Whether the daemon gives containers GPUs, and each GPU with the kernels that hold it."""
+    wanting = sorted(kernels, key=lambda k: k.gpus == "none")  # a GPU kernel's image first
+    image = next((k.image for k in wanting if _present(client, k.image)), None)
+    if image is None:
         yield Check(
-            "NVIDIA runtime",
-            False,
-            "the Docker daemon has none, so kernels cannot use GPUs (gpus 'auto' runs them on the CPU): "
-            "install the NVIDIA Container Toolkit and restart Docker.",
+            "GPUs", False, "no installed kernel's image is present to ask the daemon for GPUs with: pull one."
         )
         return
-    yield Check("NVIDIA runtime", True, "present")
-    image = next((k.image for k in kernels if _present(client, k.image)), None)
-    if image is None:
-        yield Check("GPUs", False, "no installed kernel's image is present to run nvidia-smi in: pull one.")
-        return
-    status, out, err = docker_ops.run_once(
-        client, image, ["nvidia-smi", "-L"], device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])]
-    )
-    gpus = [line for line in out.splitlines() if line.startswith("GPU ")]
-    if status == 0 and gpus:
-        yield Check("GPUs", True, f"{len(gpus)} visible to containers: " + "; ".join(gpus))
-    else:
-        reason = (err.strip().splitlines() or ["no GPU listed"])[-1]
+    support = docker_ops.gpu_support(client, image, fresh=True)
+    if not support.available:
         yield Check(
             "GPUs",
             False,
-            f"nvidia-smi in a container failed ({reason}): check the NVIDIA driver with nvidia-smi on the "
-            "host, then run `nvidia-ctk runtime configure --runtime=docker` and restart Docker.",
+            f"the Docker daemon cannot give containers GPUs ({support.detail}), so kernels cannot "
+            "use GPUs (gpus 'auto' runs them on the CPU): install the NVIDIA Container Toolkit "
+            "and restart Docker.",
+        )
+        return
+    if not support.gpus:
+        yield Check(
+            "GPUs",
+            False,
+            f"the Docker daemon gives containers GPUs through {METHODS[support.method]}, but "
+            f"{support.detail}, so kernels asking for a count get GPUs that may be taken: "
+            "set gpu_inventory to the host's GPU ids.",
+        )
+        return
+    yield Check("GPUs", True, f"{len(support.gpus)} through {METHODS[support.method]}, {support.detail}")
+    holdings = docker_ops.gpu_holdings(client, support.gpus)
+    for gpu in support.gpus:
+        who = [h.describe() for h in holdings if gpu.id in h.ids]
+        held = f"held by {', '.join(who)}" if who else "free"
+        yield Check(
+            f"GPU {gpu.id}", True, f"{gpu.name or '?'}, {gpu.memory_mib or '?'} MiB, {gpu.uuid}; {held}"
         )
 
 

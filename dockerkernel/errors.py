@@ -28,9 +28,26 @@ IMAGE_NOT_PRESENT = (
     "build or pull it first (`docker pull {image}`), or set pull_policy to 'missing'."
 )
 GPUS_UNAVAILABLE = (
-    "GPUs were requested (gpus={gpus}) but the Docker daemon cannot provide them, "
-    "as it has no NVIDIA runtime: install the NVIDIA Container Toolkit and restart "
-    "Docker, or use a kernel without GPUs (gpus 'none')."
+    "GPUs were requested (gpus={gpus}) but the Docker daemon cannot give containers GPUs: "
+    "install the NVIDIA Container Toolkit on the Docker host and restart Docker "
+    "(`dockerkernel doctor` shows what it found), or use a kernel without GPUs (gpus 'none')."
+)
+GPUS_MORE_THAN_HOST = (
+    "The kernel asks for {count} GPUs but the Docker host has {total}: "
+    "reinstall it with --gpus {total} or fewer."
+)
+GPUS_BUSY = (
+    "The kernel asks for {count} GPU(s) but only {free} of the Docker host's {total} are free "
+    "({holders}), and its when_gpus_busy setting is 'refuse': shut down a kernel that holds one, "
+    "or reinstall it with --when-gpus-busy share to share the least used."
+)
+GPU_UNKNOWN_DEVICE = (
+    "The kernel asks for GPU {unknown} (gpus={gpus}) but the Docker host has no such GPU: "
+    "reinstall it with ids it has ({known}), for example --gpus device={first}."
+)
+GPU_LOCK_TIMEOUT = (
+    "Another kernel start has held the GPU allocation lock (container {name}) for over {seconds} s: "
+    "start the kernel again, or remove the lock with `docker rm -f {name}` if no kernel is starting."
 )
 CONTAINER_START_FAILED = (
     "The kernel container for image '{image}' could not be started ({reason}): "

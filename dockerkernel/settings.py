@@ -107,8 +107,25 @@ class DockerSettings(LoggingConfigurable):
         "none",
         help="""GPUs for the kernel, as for `docker run --gpus`: 'none', 'all', a count
         such as '2', or device ids such as 'device=0,1'; these need the NVIDIA
-        Container Toolkit on the Docker host. 'auto': all GPUs where the daemon
-        has the NVIDIA runtime, else the CPU, with a notice in the notebook.""",
+        Container Toolkit on the Docker host. A count gets GPUs that no other
+        running dockerkernel kernel on that daemon holds (see when_gpus_busy).
+        'auto': all GPUs where the daemon can give them, else the CPU, with a
+        notice in the notebook.""",
+    ).tag(config=True)
+
+    when_gpus_busy = CaselessStrEnum(
+        ["share", "refuse"],
+        default_value="share",
+        help="""When a kernel asks for a count of GPUs and fewer are free: 'share' (it gets
+        the ones that the fewest kernels hold, and the notebook says with whom it
+        shares them) or 'refuse' (the start fails with a sentence naming who holds
+        which GPU).""",
+    ).tag(config=True)
+
+    gpu_inventory = List(
+        Unicode(),
+        help="""The ids of the Docker host's GPUs (e.g. ["0", "1"]), for hosts where
+        nvidia-smi cannot run in a GPU container to list them. Empty: ask nvidia-smi.""",
     ).tag(config=True)
 
     volumes = List(

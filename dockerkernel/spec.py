@@ -19,6 +19,7 @@ from typing import Any
 from docker.types import DeviceRequest, Mount
 
 from . import errors
+from . import gpus as gpus_mod
 from .errors import DockerKernelError
 from .identity import Identity, merge_group, merge_passwd
 from .settings import DockerSettings, parse_volume
@@ -44,8 +45,19 @@ SYSTEM_DIRS = frozenset(
 
 GPUS_AUTO_ON_CPU = (
     "dockerkernel: this kernel runs on the CPU: it asks for GPUs with gpus 'auto', but the "
-    "Docker daemon has no NVIDIA runtime. Install the NVIDIA Container Toolkit and restart "
+    "Docker daemon cannot give containers GPUs. Install the NVIDIA Container Toolkit and restart "
     "Docker to use the GPUs."
+)
+# Notices about the GPUs a kernel got (stdout), or had to share (stderr).
+GPUS_GIVEN = "dockerkernel: this kernel has {gpus}."
+GPUS_SHARED = (
+    "dockerkernel: this kernel shares {gpus} with other kernels: only {free} of the host's {total} "
+    "GPUs were free ({holders}). Expect less memory and speed than usual."
+)
+GPUS_NOT_LISTED = (
+    "dockerkernel: the Docker host's GPUs could not be listed ({reason}), so Docker chose this "
+    "kernel's {count} GPU(s) and they may be shared. Set gpu_inventory to the host's GPU ids "
+    "to have free ones chosen."
 )
 
 # Python 2 and 3, IPython 5 and later: print the notice at the first execution, once.
@@ -55,7 +67,7 @@ def _dockerkernel_notice(text):
     shell = get_ipython()
 
     def show(*args):
-        sys.stderr.write(text + "\\n")
+        getattr(sys, {stream!r}).write(text + "\\n")
         shell.events.unregister("pre_run_cell", show)
 
     shell.events.register("pre_run_cell", show)
@@ -75,6 +87,8 @@ LABEL_OWNER_UID = f"{LABEL_PREFIX}.owner-uid"  # the user the container belongs 
 LABEL_PROBE = f"{LABEL_PREFIX}.probe"  # a throwaway container that checks an image
 LABEL_HOME_OF = f"{LABEL_PREFIX}.home-of"  # on a home volume: the uid it belongs to
 LABEL_NETWORK_OF = f"{LABEL_PREFIX}.network-of"  # on an isolated network: the uid it belongs to
+LABEL_GPUS = f"{LABEL_PREFIX}.gpus"  # the GPU ids a kernel holds, or 'all'
+LABEL_GPU_LOCK = f"{LABEL_PREFIX}.gpu-lock"  # on the container that locks GPU allocation
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
 
@@ -127,8 +141,11 @@ class ContainerPlan:
     create_kwargs: dict[str, Any]
     connection: dict[str, Any]
     file_owner: tuple[int, int] | None  # uid, gid of the files copied in; None: any user
-    gpus: str  # the normalised gpus setting, for error messages
+    gpus: str  # the normalised gpus setting
+    when_gpus_busy: str = "share"  # the setting: 'share' or 'refuse'
+    gpu_inventory: tuple[str, ...] = ()  # the setting: the host's GPU ids, where nvidia-smi cannot list them
     notice: str = ""  # shown in the notebook at the first execution
+    notice_stream: str = "stderr"  # where: 'stderr' for warnings, 'stdout' for plain news
     identity: Identity | None = None  # given a passwd and group entry in the container
     network: str | None = None  # an isolated network that must exist before the create
 
@@ -151,16 +168,31 @@ def kernel_command(kernel_cmd: Sequence[str], extra_arguments: Sequence[str] = (
 def device_requests(gpus: str) -> list[DeviceRequest]:
     """Docker device requests for a normalised ``gpus`` value, as ``docker run --gpus`` makes.
 
-    'auto' has none until resolve_auto_gpus() has seen the daemon.
+    'auto' has none until place_gpus() has seen the daemon, which also turns
+    a count into the ids of free GPUs.
     """
     if gpus in ("none", "auto"):
         return []
     if gpus == "all":
         return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
     if gpus.startswith("device="):
-        ids = gpus[len("device=") :].split(",")
-        return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
+        return [DeviceRequest(device_ids=gpus[len("device=") :].split(","), capabilities=[["gpu"]])]
     return [DeviceRequest(count=int(gpus), capabilities=[["gpu"]])]
+
+
+def gpu_create_kwargs(ids: Sequence[str] | None, method: str, podman: bool = False) -> dict[str, Any]:
+    """The create arguments that give a container the GPUs ``ids`` (None: all of them).
+
+    Docker's NVIDIA device driver takes device requests; CDI names each device
+    'nvidia.com/gpu=ID', in a device request of the 'cdi' driver on Docker and
+    as a device on Podman.
+    """
+    if method == gpus_mod.NVIDIA:
+        return {"device_requests": device_requests("all" if ids is None else "device=" + ",".join(ids))}
+    names = [f"{gpus_mod.CDI_KIND}={i}" for i in (["all"] if ids is None else ids)]
+    if podman:
+        return {"devices": names}
+    return {"device_requests": [DeviceRequest(driver="cdi", device_ids=names)]}
 
 
 def kernel_environment(
@@ -355,24 +387,94 @@ def plan_container(
         connection=container_connection(connection_info, settings.network),
         file_owner=(kernel_user.uid, kernel_user.gid) if kernel_user is not None else None,
         gpus=settings.gpus,
+        when_gpus_busy=settings.when_gpus_busy,
+        gpu_inventory=tuple(settings.gpu_inventory),
         identity=kernel_user,
         network=network,
     )
 
 
-def resolve_auto_gpus(plan: ContainerPlan, nvidia_runtime: bool) -> ContainerPlan:
-    """The plan for gpus 'auto' on a daemon that has (or lacks) the NVIDIA runtime."""
-    if plan.gpus != "auto":
+def place_gpus(
+    plan: ContainerPlan,
+    support: gpus_mod.GpuSupport,
+    holdings: Sequence[gpus_mod.Holding],
+    *,
+    podman: bool = False,
+) -> ContainerPlan:
+    """The plan with the GPUs it gets on a daemon with ``support``, while ``holdings`` hold theirs.
+
+    A count gets that many GPUs that no running kernel holds, or, when too
+    few are free, the least held ones with a notice, or a refusal, as
+    ``when_gpus_busy`` says. 'all' and device ids get what they name, and
+    'auto' is 'all' where the daemon gives GPUs, else the CPU with a notice.
+    The ids the kernel holds go into a label, for the next allocation and
+    `dockerkernel ps`; the notebook's first execution names them.
+    """
+    setting = plan.gpus
+    if setting == "none":
         return plan
-    if nvidia_runtime:
-        return replace(plan, create_kwargs={**plan.create_kwargs, "device_requests": device_requests("all")})
-    return with_notice(plan, GPUS_AUTO_ON_CPU)
+    if not support.available:
+        if setting == "auto":
+            return with_notice(plan, GPUS_AUTO_ON_CPU)
+        raise DockerKernelError(errors.GPUS_UNAVAILABLE.format(gpus=setting))
+    support = support.with_inventory(plan.gpu_inventory)
+    inventory = support.gpus
+    notice, stream = "", "stdout"
+    ids: list[str] | None
+    if setting in ("auto", "all"):
+        ids = None
+        held = [g.id for g in inventory] or ["all"]
+    elif setting.startswith("device="):
+        ids = setting[len("device=") :].split(",")
+        held = list(gpus_mod.held_ids(",".join(ids), inventory))
+        known_ids = {g.id for g in inventory}
+        unknown = [i for i in held if known_ids and i not in known_ids and not i.startswith("mig-")]
+        if unknown:
+            known = ",".join(sorted(known_ids, key=gpus_mod.index_key))
+            raise DockerKernelError(
+                errors.GPU_UNKNOWN_DEVICE.format(
+                    unknown=unknown[0], gpus=setting, known=known, first=inventory[0].id
+                )
+            )
+    elif not inventory:
+        # Without the list of GPUs nothing can be chosen: Docker picks, as `docker run --gpus N` does.
+        kwargs = {**plan.create_kwargs, "labels": {**plan.create_kwargs["labels"], LABEL_GPUS: setting}}
+        text = GPUS_NOT_LISTED.format(reason=support.detail or "nvidia-smi listed none", count=setting)
+        return with_notice(replace(plan, create_kwargs=kwargs), text)
+    else:
+        count, total = int(setting), len(inventory)
+        if count > total:
+            raise DockerKernelError(errors.GPUS_MORE_THAN_HOST.format(count=count, total=total))
+        ids, shared = gpus_mod.choose(inventory, holdings, count)
+        held = ids
+        if shared:
+            free = sum(1 for load in gpus_mod.loads(inventory, holdings).values() if load == 0)
+            if plan.when_gpus_busy == "refuse":
+                every = gpus_mod.holders([g.id for g in inventory], holdings)
+                raise DockerKernelError(
+                    errors.GPUS_BUSY.format(count=count, free=free, total=total, holders=every)
+                )
+            who = gpus_mod.holders(ids, holdings)
+            notice, stream = (
+                GPUS_SHARED.format(
+                    gpus=gpus_mod.describe(ids, inventory), free=free, total=total, holders=who
+                ),
+                "stderr",
+            )
+    kwargs = {k: v for k, v in plan.create_kwargs.items() if k not in ("device_requests", "devices")}
+    kwargs.update(gpu_create_kwargs(ids, support.method, podman))
+    kwargs["labels"] = {**kwargs["labels"], LABEL_GPUS: ",".join(held)}
+    if not notice:
+        given = gpus_mod.describe(held, inventory) if inventory else "all the host's GPUs"
+        notice = GPUS_GIVEN.format(gpus=given)
+    return with_notice(replace(plan, create_kwargs=kwargs), notice, stream)
 
 
-def with_notice(plan: ContainerPlan, notice: str) -> ContainerPlan:
-    """The plan with a notice that the kernel shows at the notebook's first execution."""
+def with_notice(plan: ContainerPlan, notice: str, stream: str = "stderr") -> ContainerPlan:
+    """The plan with a notice that the kernel shows at the notebook's first execution, on ``stream``."""
     environment = {**plan.create_kwargs["environment"], "PYTHONSTARTUP": NOTICE_STARTUP_FILE}
-    return replace(plan, notice=notice, create_kwargs={**plan.create_kwargs, "environment": environment})
+    kwargs = {**plan.create_kwargs, "environment": environment}
+    return replace(plan, notice=notice, notice_stream=stream, create_kwargs=kwargs)
 
 
 @dataclass(frozen=True)
@@ -438,7 +540,12 @@ def kernel_files_archive(plan: ContainerPlan, passwd: str | None = None, group: 
         add(CONTAINER_CONNECTION_FILE, 0o600, json.dumps(plan.connection, indent=1).encode())
         add(CONTAINER_HOME, 0o700)
         if plan.notice:
-            add(NOTICE_STARTUP_FILE, 0o644, _NOTICE_SCRIPT.format(text=plan.notice).encode(), owner=(0, 0))
+            add(
+                NOTICE_STARTUP_FILE,
+                0o644,
+                _NOTICE_SCRIPT.format(text=plan.notice, stream=plan.notice_stream).encode(),
+                owner=(0, 0),
+            )
         if plan.identity is not None and passwd is not None and group is not None:
             add("/etc/passwd", 0o644, merge_passwd(passwd, plan.identity, CONTAINER_HOME).encode(), (0, 0))
             add("/etc/group", 0o644, merge_group(group, plan.identity).encode(), (0, 0))

@@ -410,13 +410,52 @@ class UserSession:
     """A kernel of the ordinary user's (tests/user_session.py), started in a process of its own."""
 
     process: subprocess.Popen[str]
-    outputs: list[str]
-    container: str
+    workdir: Path  # its HOME, with its Jupyter files
+    outputs: list[str] = field(default_factory=list)
+    container: str = ""
+    error: str = ""  # why the kernel could not start
+
+    def result(self) -> UserSession:
+        """Wait for the cells' outputs, or the start's error."""
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            with self.process:
+                _, err = self.process.communicate(timeout=60)
+            raise AssertionError(f"the user's kernel session failed:\n{err[-3000:]}")
+        result = json.loads(line)
+        self.outputs, self.container = result.get("outputs", []), result.get("container", "")
+        self.error = result.get("error", "")
+        return self
 
     def close(self) -> None:
         """End the session: its kernel shuts down."""
         with self.process:  # closes the pipes
             self.process.communicate(timeout=60)
+
+
+def spawn_session(
+    user: pwd.struct_passwd | None,
+    workdir: Path,
+    args: dict[str, Any],
+    wrap: Callable[[list[str]], list[str]] = list,
+    **env: str,
+) -> UserSession:
+    """Start tests/user_session.py with ``args``, as ``user`` (None: this process's), in ``workdir``.
+
+    ``wrap`` turns the command into the one run, e.g. in another network namespace.
+    """
+    command = [sys.executable, USER_SESSION, json.dumps(args)]
+    process = subprocess.Popen(
+        wrap(as_user(user, command) if user is not None else command),
+        cwd=workdir,
+        env=user_env(workdir, **env),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return UserSession(process, workdir)
 
 
 @pytest.fixture
@@ -430,24 +469,10 @@ def user_session(
         install: list[str], cells: list[str], cwd: Path | None = None, keep: bool = False, **env: str
     ) -> UserSession:
         args = {"install": install, "cells": cells, "cwd": str(cwd or user_workdir), "keep": keep}
-        process = subprocess.Popen(
-            as_user(ordinary_user, [sys.executable, USER_SESSION, json.dumps(args)]),
-            cwd=user_workdir,
-            env=user_env(user_workdir, **env),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert process.stdout is not None and process.stderr is not None
-        line = process.stdout.readline()
-        if not line:
-            with process:
-                _, err = process.communicate(timeout=60)
-            raise AssertionError(f"the user's kernel session failed:\n{err[-3000:]}")
-        result = json.loads(line)
-        session = UserSession(process, result["outputs"], result["container"])
+        session = spawn_session(ordinary_user, user_workdir, args, **env)
         sessions.append(session)
+        session.result()
+        assert not session.error, session.error
         if not keep:
             session.close()
         return session

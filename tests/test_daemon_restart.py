@@ -21,6 +21,7 @@ import pytest
 from dockerkernel import docker_ops, errors
 from dockerkernel.errors import DockerKernelError
 
+from conftest import IMAGES
 from waiting import wait_until
 
 pytestmark = pytest.mark.docker
@@ -66,9 +67,7 @@ async def test_kernel_is_reported_dead_and_restarts_once_the_daemon_is_back(
 
     async def daemon_up() -> bool:
         try:
-            return bool(
-                await asyncio.to_thread(docker_ops.has_nvidia_runtime, docker_ops.get_client()) is not None
-            )
+            return await asyncio.to_thread(docker_ops.image_present, docker_ops.get_client(), IMAGES["py3"])
         except DockerKernelError:
             return False
 

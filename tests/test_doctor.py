@@ -1,4 +1,4 @@
-"""`dockerkernel doctor` on this machine: a daemon without the NVIDIA runtime, and kernels good and bad."""
+"""`dockerkernel doctor` on this machine: a daemon without GPUs, and kernels good and bad."""
 
 from __future__ import annotations
 
@@ -30,8 +30,12 @@ def test_doctor_checks_everything_and_says_how_to_fix_what_fails(
         lines[0]
         == f"ok    Docker daemon: reachable, Docker {version['Version']} (API {version['ApiVersion']})"
     )
-    assert lines[1].startswith("FAIL  NVIDIA runtime: the Docker daemon has none, so kernels cannot use GPUs")
-    assert lines[1].endswith("install the NVIDIA Container Toolkit and restart Docker.")
+    assert lines[1] == (
+        "FAIL  GPUs: the Docker daemon cannot give containers GPUs (nvidia: could not select device "
+        'driver "" with capabilities: [[gpu]]; cdi: could not select device driver "cdi" with '
+        "capabilities: []), so kernels cannot use GPUs (gpus 'auto' runs them on the CPU): install "
+        "the NVIDIA Container Toolkit and restart Docker."
+    )
     kernels = sorted(lines[2:5])
     assert kernels[0] == (
         "FAIL  kernel bare: image dockerkernel-test/bare-py3 has Python 3.11.2 but no ipykernel: "

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +263,27 @@ def test_prune_and_ps_touch_only_the_users_own_kernels_where_proc_hides_other_us
 def _labels_of_this_process(kernel_id: str) -> dict[str, str]:
     """The labels a kernel container of this process gets."""
     return {LABEL_KERNEL_ID: kernel_id, LABEL_KERNELSPEC: "test", **docker_ops.this_process_owner().labels()}
+
+
+def test_processes_that_make_a_users_network_at_once_end_up_on_one(
+    docker_client: docker.DockerClient,
+) -> None:
+    """Docker does not keep network names unique: two servers of one user that start a kernel at
+    the same moment both create the network, and a container on an ambiguous name cannot start."""
+    name, racers = "dockerkernel-race-test", 6
+    barrier = threading.Barrier(racers)
+
+    def race() -> str:
+        barrier.wait()
+        return docker_ops.ensure_isolated_network(docker_client, name, os.getuid())
+
+    docker_ops._networks.clear()  # as in processes of their own, which know no network yet
+    try:
+        with ThreadPoolExecutor(racers) as pool:
+            chosen = set(pool.map(lambda _: race(), range(racers)))
+        assert len(chosen) == 1
+        assert [n["Id"] for n in docker_client.api.networks(names=[name])] == list(chosen)
+    finally:
+        for network in docker_client.api.networks(names=[name]):
+            docker_client.api.remove_network(network["Id"])
+        docker_ops._networks.clear()

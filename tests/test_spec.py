@@ -11,12 +11,14 @@ import pytest
 
 from dockerkernel import errors
 from dockerkernel.errors import DockerKernelError
+from dockerkernel.gpus import NVIDIA, Gpu, GpuSupport
 from dockerkernel.identity import Identity, merge_group, merge_passwd
 from dockerkernel.settings import DockerSettings
 from dockerkernel.spec import (
     CONTAINER_CONNECTION_FILE,
     CONTAINER_HOME,
     GPUS_AUTO_ON_CPU,
+    GPUS_GIVEN,
     LABEL_KERNEL_ID,
     LABEL_KERNELSPEC,
     LABEL_OWNER_PID,
@@ -29,8 +31,8 @@ from dockerkernel.spec import (
     kernel_command,
     kernel_files_archive,
     mounted_folders,
+    place_gpus,
     plan_container,
-    resolve_auto_gpus,
 )
 
 CONNECTION = {
@@ -264,28 +266,28 @@ def test_no_gpus_no_device_requests() -> None:
     assert "device_requests" not in plan().create_kwargs
 
 
-def test_auto_gpus_take_all_gpus_where_the_daemon_has_the_nvidia_runtime() -> None:
+def test_auto_gpus_take_all_gpus_where_the_daemon_gives_them() -> None:
     auto = plan(DockerSettings(image="img", gpus="auto"))
     assert "device_requests" not in auto.create_kwargs
-    with_gpus = resolve_auto_gpus(auto, nvidia_runtime=True)
+    with_gpus = place_gpus(auto, GpuSupport(NVIDIA, (Gpu("0"), Gpu("1"))), [])
     assert [r["Count"] for r in with_gpus.create_kwargs["device_requests"]] == [-1]
-    assert with_gpus.notice == ""
+    assert with_gpus.notice == GPUS_GIVEN.format(gpus="GPU 0, GPU 1")
     assert "device_requests" not in auto.create_kwargs  # plans are values
 
 
-def test_auto_gpus_without_the_runtime_run_on_the_cpu_with_a_notice_in_the_notebook() -> None:
-    on_cpu = resolve_auto_gpus(plan(DockerSettings(image="img", gpus="auto")), nvidia_runtime=False)
+def test_auto_gpus_without_gpus_run_on_the_cpu_with_a_notice_in_the_notebook() -> None:
+    on_cpu = place_gpus(plan(DockerSettings(image="img", gpus="auto")), GpuSupport(""), [])
     assert "device_requests" not in on_cpu.create_kwargs
-    assert on_cpu.notice == GPUS_AUTO_ON_CPU
+    assert (on_cpu.notice, on_cpu.notice_stream) == (GPUS_AUTO_ON_CPU, "stderr")
     with tarfile.open(fileobj=io.BytesIO(kernel_files_archive(on_cpu))) as tar:
         startup = tar.getmember(NOTICE_STARTUP_FILE.lstrip("/"))
         assert (startup.uid, startup.mode) == (0, 0o644)  # outside the home, which may be kept
         script = tar.extractfile(startup).read().decode()  # type: ignore[union-attr]
     assert on_cpu.create_kwargs["environment"]["PYTHONSTARTUP"] == NOTICE_STARTUP_FILE
     compile(script, "startup", "exec")
-    assert repr(GPUS_AUTO_ON_CPU) in script
+    assert repr(GPUS_AUTO_ON_CPU) in script and "'stderr'" in script
     # Other settings are left alone, and get no startup file.
-    assert resolve_auto_gpus(plan(), nvidia_runtime=False).notice == ""
+    assert place_gpus(plan(), GpuSupport(""), []).notice == ""
     with tarfile.open(fileobj=io.BytesIO(kernel_files_archive(plan()))) as tar:
         assert NOTICE_STARTUP_FILE.lstrip("/") not in tar.getnames()
 

@@ -1,13 +1,14 @@
 """Run by tests as another user: install a kernelspec, run cells in a kernel, print the outputs as JSON.
 
-    python user_session.py '{"install": [...], "cells": [...], "cwd": "...", "keep": false}'
+    python user_session.py '{"install": [...], "cells": [...], "cwd": "...", "keep": false, "name": "..."}'
 
 Each output is the cell's stdout, or "ERROR ename" for a failed cell. Two
 cells are actions instead of code: "%interrupt" runs a long sleep and
 interrupts it once the kernel is busy, "%restart" restarts the kernel. With
 "keep", the kernel stays up after the cells, until stdin closes: a live kernel
 of that user for the test to look at. The last stdout line is
-{"outputs": [...], "container": ID}.
+{"outputs": [...], "container": ID}, or {"error": MESSAGE} when the kernel
+could not start. The kernelspec is named "name", by default "session".
 """
 
 import json
@@ -18,6 +19,8 @@ from typing import Any
 
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
+
+from dockerkernel.errors import DockerKernelError
 
 
 def run_cell(kc: BlockingKernelClient, code: str) -> str:
@@ -46,13 +49,17 @@ install = [
     "dockerkernel",
     "install",
     "--name",
-    "session",
+    args.get("name", "session"),
     "--replace",
     *args["install"],
 ]
 subprocess.run(install, check=True, stdout=subprocess.DEVNULL)
-km = KernelManager(kernel_name="session")
-km.start_kernel(cwd=args.get("cwd") or os.getcwd())
+km = KernelManager(kernel_name=args.get("name", "session"))
+try:
+    km.start_kernel(cwd=args.get("cwd") or os.getcwd())
+except DockerKernelError as e:
+    print(json.dumps({"error": str(e)}), flush=True)
+    sys.exit(1)
 kc = km.client()
 kc.start_channels()
 try:
