@@ -438,8 +438,9 @@ def spawn_session(
     user: pwd.struct_passwd | None,
     workdir: Path,
     args: dict[str, Any],
+    *,
     wrap: Callable[[list[str]], list[str]] = list,
-    **env: str,
+    env: dict[str, str] | None = None,
 ) -> UserSession:
     """Start tests/user_session.py with ``args``, as ``user`` (None: this process's), in ``workdir``.
 
@@ -449,7 +450,7 @@ def spawn_session(
     process = subprocess.Popen(
         wrap(as_user(user, command) if user is not None else command),
         cwd=workdir,
-        env=user_env(workdir, **env),
+        env=user_env(workdir, **(env or {})),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -469,7 +470,7 @@ def user_session(
         install: list[str], cells: list[str], cwd: Path | None = None, keep: bool = False, **env: str
     ) -> UserSession:
         args = {"install": install, "cells": cells, "cwd": str(cwd or user_workdir), "keep": keep}
-        session = spawn_session(ordinary_user, user_workdir, args, **env)
+        session = spawn_session(ordinary_user, user_workdir, args, env=env)
         sessions.append(session)
         session.result()
         assert not session.error, session.error

@@ -13,10 +13,11 @@ from dockerkernel.gpus import CDI, NVIDIA, Gpu, GpuSupport, Holding
 from dockerkernel.settings import DockerSettings
 from dockerkernel.spec import GPUS_GIVEN, GPUS_NOT_LISTED, GPUS_SHARED, LABEL_GPUS, ContainerPlan, place_gpus
 
-# As nvidia-smi prints NVIDIA_SMI_QUERY on a two-GPU host, after a driver warning.
+# NVIDIA_SMI_QUERY's output: the first GPU line as an H200 host's nvidia-smi printed it, then a
+# second GPU, after a driver warning.
 NVIDIA_SMI = """\
 WARNING: infoROM is corrupted at gpu 0000:04:00.0
-0, GPU-0b7e3b1c-9f3a-4f0e-8a57-6f1c2d3e4f50, NVIDIA H200, 143771
+0, GPU-49830831-4160-2d67-8aba-887d6596d395, NVIDIA H200, 143771
 1, GPU-1c8f4c2d-0a4b-4a1f-9b68-7a2d3e4f5a61, NVIDIA A100-SXM4-80GB, 81920
 """
 FOUR = GpuSupport(NVIDIA, tuple(Gpu(str(i), f"GPU-{i}", "H200", 143771) for i in range(4)))
@@ -38,7 +39,7 @@ def visible(p: ContainerPlan) -> list[str]:
 
 def test_nvidia_smi_output_becomes_the_inventory() -> None:
     assert gpus.parse_nvidia_smi(NVIDIA_SMI) == [
-        Gpu("0", "GPU-0b7e3b1c-9f3a-4f0e-8a57-6f1c2d3e4f50", "NVIDIA H200", 143771),
+        Gpu("0", "GPU-49830831-4160-2d67-8aba-887d6596d395", "NVIDIA H200", 143771),
         Gpu("1", "GPU-1c8f4c2d-0a4b-4a1f-9b68-7a2d3e4f5a61", "NVIDIA A100-SXM4-80GB", 81920),
     ]
     assert gpus.parse_nvidia_smi("0, GPU-x, Some, GPU, [N/A]\n") == [Gpu("0", "GPU-x", "Some, GPU", None)]

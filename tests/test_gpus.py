@@ -74,7 +74,9 @@ def start(gpu_host: GpuHost, ordinary_user: pwd.struct_passwd) -> Iterator[Calla
             "keep": True,
             "name": f"gpu-{gpus.replace('=', '-').replace(',', '-')}",
         }
-        session = spawn_session(who, workdir, args, gpu_host.enter, DOCKER_HOST=gpu_host.docker_host)
+        session = spawn_session(
+            who, workdir, args, wrap=gpu_host.enter, env={"DOCKER_HOST": gpu_host.docker_host}
+        )
         sessions.append(session)
         return session
 

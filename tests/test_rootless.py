@@ -25,7 +25,7 @@ from typing import Any
 import docker
 import pytest
 
-from dockerkernel.spec import LABEL_KERNEL_ID
+from dockerkernel.spec import GPUS_AUTO_ON_CPU, LABEL_KERNEL_ID
 
 from conftest import IMAGES, PYTHONS, as_user
 from waiting import wait_until_sync
@@ -165,9 +165,8 @@ def test_the_kernel_lifecycle_on_a_rootless_engine(
     first, written, home, interrupted, after, restarted, forgotten = session.outputs
     assert first.splitlines() == [str(notebooks), "data from the host", ordinary_user.pw_name]
     assert written == ""
-    assert (
-        home == "/dockerkernel/home\n"
-    )  # the home volume, writable by the kernel    assert interrupted == "ERROR KeyboardInterrupt"
+    assert home == "/dockerkernel/home\n"  # the home volume, writable by the kernel
+    assert interrupted == "ERROR KeyboardInterrupt"
     assert after == "still here\n"
     assert (restarted, forgotten) == ("restarted", "ERROR NameError")
     owned = (notebooks / "from-kernel.txt").stat()
@@ -178,3 +177,13 @@ def test_the_kernel_lifecycle_on_a_rootless_engine(
         assert client.containers.list(all=True, filters={"label": LABEL_KERNEL_ID}) == []  # nothing left
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("engine", ["podman", "rootless_docker"])
+def test_auto_gpus_run_on_the_cpu_of_a_rootless_engine_without_gpus(
+    engine: str, request: pytest.FixtureRequest, user_session: Any
+) -> None:
+    """Podman is asked through CDI, rootless Docker through its device driver: neither has GPUs here."""
+    url = request.getfixturevalue(engine)
+    session = user_session(["--image", IMAGES["py3"], "--gpus", "auto"], ["pass"], DOCKER_HOST=url)
+    assert session.outputs == [GPUS_AUTO_ON_CPU + "\n"]
