@@ -55,8 +55,19 @@ from .spec import (
 log = logging.getLogger(__name__)
 
 # Every call but a pull and an exit wait gives up after this long, so that a
-# daemon that stops answering cannot hang a kernel operation forever.
+# daemon that stops answering cannot hang a kernel operation forever;
+# DOCKERKERNEL_API_TIMEOUT (seconds) sets another.
 API_TIMEOUT = 60
+TIMEOUT_VARIABLE = "DOCKERKERNEL_API_TIMEOUT"
+
+
+def api_timeout() -> float:
+    """Seconds a Docker call may take: DOCKERKERNEL_API_TIMEOUT, else API_TIMEOUT."""
+    try:
+        return float(os.environ.get(TIMEOUT_VARIABLE, API_TIMEOUT))
+    except ValueError:
+        return API_TIMEOUT
+
 
 _client: docker.DockerClient | None = None
 _client_lock = threading.Lock()
@@ -72,6 +83,8 @@ def _reason(exc: BaseException) -> str:
             return "permission denied on the Docker socket"
         if isinstance(seen, ConnectionRefusedError):
             return "the connection was refused"
+        if isinstance(seen, requests.exceptions.Timeout):  # a daemon that hangs, stopped or overloaded
+            return f"it did not answer within {api_timeout():g} s"
         seen = seen.__cause__ or seen.__context__
     if isinstance(exc, APIError) and exc.explanation:
         return str(exc.explanation).strip()
@@ -90,7 +103,7 @@ def get_client() -> docker.DockerClient:
     with _client_lock:
         if _client is None:
             try:
-                _client = docker.from_env(timeout=API_TIMEOUT)
+                _client = docker.from_env(timeout=api_timeout())
             except DockerException as e:
                 raise DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=_reason(e))) from e
         return _client
@@ -103,6 +116,8 @@ def _daemon_errors() -> Iterator[None]:
         yield
     except requests.exceptions.ConnectionError as e:
         _release_frames(e)
+        raise DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=_reason(e))) from e
+    except requests.exceptions.Timeout as e:
         raise DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=_reason(e))) from e
 
 
@@ -370,7 +385,7 @@ def engine_of(client: docker.DockerClient) -> Engine:
             if podman:
                 # Podman's Docker-compatible info does not say; its own API does.
                 url = f"{client.api.base_url}/v{podman_versions[0]}/libpod/info"
-                response = client.api.get(url, timeout=API_TIMEOUT)
+                response = client.api.get(url, timeout=api_timeout())
                 response.raise_for_status()
                 rootless = bool(response.json().get("host", {}).get("security", {}).get("rootless"))
             else:
@@ -556,21 +571,32 @@ def place_kernel_gpus(
             raise
 
 
+class StartCancelled(Exception):
+    """The start was cancelled while it pulled the image: no container was made."""
+
+
 def run_kernel_container(
-    plan: ContainerPlan, pull_policy: str, kernel_log: logging.Logger | logging.LoggerAdapter[Any] = log
+    plan: ContainerPlan,
+    pull_policy: str,
+    kernel_log: logging.Logger | logging.LoggerAdapter[Any] = log,
+    cancelled: threading.Event | None = None,
 ) -> tuple[str, Future[int]]:
     """Pull the image as ``pull_policy`` says, start the planned container and watch it.
 
-    The whole start, shared by the provisioner (in a worker thread) and the
+    The whole start, shared by the provisioner (in a thread) and the
     launcher. A pull's progress and notices about the kernel go to
-    ``kernel_log``. Returns the container id and a future for its exit status.
+    ``kernel_log``. Once ``cancelled`` is set, no container is created.
+    Returns the container id and a future for its exit status.
     """
     client = get_client()
     plan = for_engine(plan, engine_of(client))
+    remove_left_behind(client)
     if needs_pull(client, plan.image, pull_policy):
         progress = PullLog(plan.image, kernel_log)
         pull_image(client, plan.image, progress)
         progress.finished()
+    if cancelled is not None and cancelled.is_set():
+        raise StartCancelled(plan.image)
     if plan.gpus == "none":
         container_id = start_container(client, plan)
     else:
@@ -596,7 +622,7 @@ def run_once(
                 container.start()
             except APIError as e:
                 return None, "", _reason(e)
-            status = int(container.wait(timeout=API_TIMEOUT)["StatusCode"])
+            status = int(container.wait(timeout=api_timeout())["StatusCode"])
             out = container.logs(stdout=True, stderr=False).decode(errors="replace")
             err = container.logs(stdout=False, stderr=True).decode(errors="replace")
             return status, out, err
@@ -637,31 +663,85 @@ def remove_container(client: docker.DockerClient, container_id: str) -> None:
         client.api.remove_container(container_id, force=True)
 
 
-def wait_container(container_id: str, api_version: str) -> int:
-    """Block until the container exits and return its exit status.
+WATCH_RETRY_MAX = 5.0  # seconds between tries to reach a daemon that lost sight of a container
+
+_watches: dict[str, threading.Event] = {}  # container id: set to stop watching it
+
+
+def wait_container(container_id: str, api_version: str, stop: threading.Event) -> int:
+    """Block until the container exits and return its exit status; -1 once it is gone.
 
     Uses a connection of its own, with no read timeout, so that a long-lived
     wait neither holds one of the shared client's connections nor times out.
-    Returns -1 when the container is gone or the daemon cannot be reached.
+    A connection that drops is not an exit: the daemon may be restarting
+    (with live-restore its containers run on) or a remote link may have
+    idled out. The wait is then made again once the daemon answers, and the
+    daemon says whether the container exited meanwhile. Ends with -1 when
+    ``stop`` is set.
     """
-    try:
-        with _untimed_api(api_version) as api:
-            return int(api.wait(container_id)["StatusCode"])
-    except (DockerKernelError, DockerException, requests.exceptions.RequestException) as e:
-        log.debug("Waiting for container %s failed: %s", container_id[:12], e)
-        return -1
+    delay = 0.1
+    lost = False
+    while not stop.is_set():
+        try:
+            with _untimed_api(api_version) as api:
+                if lost:
+                    api.ping()
+                    log.info("The daemon answers again: watching container %s", container_id[:12])
+                    lost = False
+                return int(api.wait(container_id)["StatusCode"])
+        except NotFound:
+            return -1
+        except (DockerKernelError, DockerException, requests.exceptions.RequestException) as e:
+            _release_frames(e)  # the SDK leaves the socket of a failed connection open
+            if not lost:
+                log.warning(
+                    "Lost sight of container %s (%s): it is taken as running until the daemon says otherwise",
+                    container_id[:12],
+                    _reason(e),
+                )
+                lost = True
+            stop.wait(delay)
+            delay = min(delay * 2, WATCH_RETRY_MAX)
+    return -1
 
 
 def watch_container(container_id: str, api_version: str) -> Future[int]:
-    """A future for the container's exit status, resolved by a thread of its own."""
+    """A future for the container's exit status, resolved by a thread of its own; see stop_watching()."""
     future: Future[int] = Future()
     future.set_running_or_notify_cancel()  # so that a cancelled await cannot cancel it
+    stop = _watches.setdefault(container_id, threading.Event())
 
     def wait() -> None:
-        future.set_result(wait_container(container_id, api_version))
+        status = wait_container(container_id, api_version, stop)
+        _watches.pop(container_id, None)
+        future.set_result(status)
 
     threading.Thread(target=wait, name=f"dockerkernel-wait-{container_id[:12]}", daemon=True).start()
     return future
+
+
+_left_behind: dict[str, set[str]] = {}  # daemon: containers that could not be removed
+
+
+def leave_behind(client: docker.DockerClient, container_id: str) -> None:
+    """Give up on a container that could not be removed, its daemon out of reach, for now.
+
+    Its watch resolves to -1 at its next try; the container is removed at the
+    next kernel start on that daemon (remove_left_behind), or by the reaper.
+    """
+    stop = _watches.get(container_id)
+    if stop is not None:
+        stop.set()
+    _left_behind.setdefault(str(client.api.base_url), set()).add(container_id)
+
+
+def remove_left_behind(client: docker.DockerClient) -> None:
+    """Remove the containers that could not be removed earlier, now that the daemon answers."""
+    left = _left_behind.get(str(client.api.base_url), set())
+    for container_id in list(left):
+        remove_container(client, container_id)
+        left.discard(container_id)
+        log.info("Removed container %s, left behind while the daemon was out of reach", container_id[:12])
 
 
 def remove_home(client: docker.DockerClient, volume: str) -> bool:

@@ -5,18 +5,22 @@ Some clients (VS Code's Jupyter extension, for one) start a kernelspec's
 is ``python -m dockerkernel launch --spec-dir {resource_dir} -f {connection_file}``:
 this process starts the same container the provisioner would, forwards
 SIGINT, SIGTERM and SIGHUP to the kernel, and removes the container when the
-kernel exits. A container left behind by a launcher that was SIGKILLed is
-found by ``dockerkernel prune``.
+kernel exits, or when the client that started it exits without stopping it.
+A container left behind by a launcher that was SIGKILLed is found by
+``dockerkernel prune``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import select
 import signal
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from jupyter_client.kernelspec import KernelSpec
@@ -29,11 +33,41 @@ from .spec import plan_container
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
+log = logging.getLogger(__name__)
+
 
 def kernel_id_from(connection_file: str) -> str:
     """The kernel id that Jupyter put in the connection file's name, else a new one."""
     match = re.search(r"kernel-([0-9a-f-]{36})\.json$", connection_file)
     return match.group(1) if match else str(uuid.uuid4())
+
+
+def watch_parent(on_exit: Callable[[], None]) -> None:
+    """Call ``on_exit``, in a thread, when the process that started this one exits.
+
+    A client that is killed never stops its kernel; without this, the kernel
+    would run on with nobody to use it. The parent is watched through a pidfd
+    (Linux 5.3 and later), which becomes readable when it exits; elsewhere it
+    is not watched, and `dockerkernel prune` finds what is left.
+    """
+    parent = os.getppid()
+    try:
+        pidfd = os.pidfd_open(parent)
+    except (AttributeError, OSError) as e:
+        log.debug("The launcher's parent %d is not watched: %s", parent, e)
+        return
+    if os.getppid() != parent:  # it exited before the pidfd was opened
+        os.close(pidfd)
+        on_exit()
+        return
+
+    def wait() -> None:
+        select.select([pidfd], [], [])
+        os.close(pidfd)
+        log.info("The client that started this kernel (pid %d) exited: stopping the kernel", parent)
+        on_exit()
+
+    threading.Thread(target=wait, name="dockerkernel-parent", daemon=True).start()
 
 
 def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] = ()) -> int:
@@ -70,6 +104,7 @@ def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] =
 
         for signum in FORWARDED_SIGNALS:
             signal.signal(signum, forward)
+        watch_parent(lambda: docker_ops.remove_container(client, container_id))
         return exit_status.result()
     finally:
         for signum in FORWARDED_SIGNALS:

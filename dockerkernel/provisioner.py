@@ -114,21 +114,35 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         A container that has exited or is gone is not an error: KernelManager
         interrupts before every shutdown, also after the kernel has crashed.
         """
+        await self._signal(signum, stopping=False)
+
+    async def _signal(self, signum: int, *, stopping: bool) -> None:
+        """Signal the kernel; a daemon that cannot be reached is logged, never raised.
+
+        KernelManager interrupts and then kills a kernel to shut it down: an
+        error here would fail the whole shutdown, and leave its ports taken.
+        """
         if self._fallback is not None:
             if self._fallback.poll() is None:
                 self._fallback.send_signal(signum)
         elif self.container_id is not None:
-            await _in_thread(docker_ops.signal_container, self._client(), self.container_id, signum)
+            try:
+                await _in_thread(docker_ops.signal_container, self._client(), self.container_id, signum)
+            except DockerKernelError as e:
+                # While stopping, cleanup() says what is left behind, once.
+                (self.log.debug if stopping else self.log.warning)(
+                    "Kernel %s: signal %d not sent: %s", self.kernel_id, signum, e
+                )
 
     async def kill(self, restart: bool = False) -> None:
         """Called by KernelManager when a kernel does not shut down in time, and to restart a dead one."""
         self._note_stopped()
-        await self.send_signal(signal.SIGKILL)
+        await self._signal(signal.SIGKILL, stopping=True)
 
     async def terminate(self, restart: bool = False) -> None:
         """Called by KernelManager when a kernel does not answer a shutdown request."""
         self._note_stopped()
-        await self.send_signal(signal.SIGTERM)
+        await self._signal(signal.SIGTERM, stopping=True)
 
     def _note_stopped(self) -> None:
         """A kernel still running when KernelManager stops it did not die by itself."""
@@ -218,9 +232,10 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         in-container command already in the plan.
         """
         try:
-            if self._start_error or self._early_exit:
+            early_exit, self._early_exit = self._early_exit, ""  # told once: a later restart tries again
+            if self._start_error or early_exit:
                 # Restarting after an early exit would only die again: say why instead of looping.
-                raise DockerKernelError(self._start_error or self._early_exit)
+                raise DockerKernelError(self._start_error or early_exit)
             container_id = await self._start_container()
         except DockerKernelError as e:
             if not self.fallback_kernel:
@@ -247,9 +262,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         assert self._plan is not None
         for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
-                container_id, self._exit = await _in_thread(
-                    docker_ops.run_kernel_container, self._plan, self.pull_policy, self.log
-                )
+                container_id, self._exit = await self._start_in_thread(self._plan)
                 return container_id
             except PortTaken as e:
                 if attempt == PORT_ATTEMPTS:
@@ -261,6 +274,50 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
                 self.connection_info = self.parent.get_connection_info()  # type: ignore[union-attr]
                 self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
         raise AssertionError("unreachable")
+
+    async def _start_in_thread(self, plan: ContainerPlan) -> tuple[str, Future[int]]:
+        """docker_ops.run_kernel_container() in a thread of its own, for a start that can be cancelled.
+
+        A pull can take minutes. If the start is cancelled meanwhile (Ctrl-C in
+        nbclient, a session deleted while it starts), this returns at once; the
+        thread, a daemon that cannot hold up the process's exit, creates no
+        container after the pull, and removes one that it started before it saw
+        the cancellation.
+        """
+        cancelled = threading.Event()
+        started: Future[tuple[str, Future[int]]] = Future()
+        started.set_running_or_notify_cancel()  # so that a cancelled await cannot cancel it
+
+        def run() -> None:
+            try:
+                started.set_result(
+                    docker_ops.run_kernel_container(plan, self.pull_policy, self.log, cancelled)
+                )
+            except BaseException as e:
+                started.set_exception(e)
+
+        def remove_if_started(done: Future[tuple[str, Future[int]]]) -> None:
+            if done.exception() is None:
+                container_id = done.result()[0]
+                self.log.info(
+                    "Kernel %s: removing container %s, started after a cancel",
+                    self.kernel_id,
+                    container_id[:12],
+                )
+                try:
+                    docker_ops.remove_container(self._client(), container_id)
+                except DockerKernelError as e:
+                    self.log.warning(
+                        "Kernel %s: container %s is left behind: %s", self.kernel_id, container_id[:12], e
+                    )
+
+        threading.Thread(target=run, name=f"dockerkernel-start-{self.kernel_id}", daemon=True).start()
+        try:
+            return await asyncio.wrap_future(started)
+        except asyncio.CancelledError:
+            cancelled.set()
+            started.add_done_callback(remove_if_started)
+            raise
 
     async def _watch_heartbeat(self, exit_status: Future[int] | None) -> None:
         """Ping the kernel's heartbeat until it answers once, or its container exits.
@@ -317,10 +374,19 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         if self.container_id is not None:
             container_id, self.container_id = self.container_id, None
             status = self._container_status
-            if restart and status is not None and not self._answered and not self._stopped:
-                self._early_exit = await self._why_it_died(container_id, status)
-                self.log.error("Kernel %s: %s", self.kernel_id, self._early_exit)
-            await _in_thread(docker_ops.remove_container, self._client(), container_id)
+            try:
+                if restart and status is not None and not self._answered and not self._stopped:
+                    self._early_exit = await self._why_it_died(container_id, status)
+                    self.log.error("Kernel %s: %s", self.kernel_id, self._early_exit)
+                await _in_thread(docker_ops.remove_container, self._client(), container_id)
+            except DockerKernelError as e:
+                # Best effort: the ports are given back all the same, and the container is
+                # removed at this process's next start on that daemon, or, once this process
+                # is gone, by `dockerkernel prune` or the next server's reaper.
+                docker_ops.leave_behind(self._client(), container_id)
+                self.log.warning(
+                    "Kernel %s: its container %s is left behind: %s", self.kernel_id, container_id[:12], e
+                )
         if self._ports_cached and not restart:
             ports = LocalPortCache.instance()
             for port_name in PORT_NAMES:

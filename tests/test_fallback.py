@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from dockerkernel.spec import LABEL_KERNELSPEC
 from conftest import BARE
 
 pytestmark = pytest.mark.docker
+
+RESTARTER_PERIOD = 0.2  # seconds between the restarter's looks at a kernel
 
 
 async def execute_until_answered(ws: Any, code: str, timeout: float = 60) -> Any:
@@ -59,21 +62,33 @@ async def test_a_kernel_that_cannot_start_answers_with_the_reason(
 
 
 async def test_a_kernel_that_exits_during_start_up_is_explained_not_restarted_in_a_loop(
-    dockerkernel: Any, jupyter_server: Any, notebook_dir: Path, docker_client: docker.DockerClient
+    dockerkernel: Any,
+    jupyter_server: Any,
+    notebook_dir: Path,
+    docker_client: docker.DockerClient,
+    jupyter_dirs: Path,
 ) -> None:
     # Installed without the check that would have caught it: the image has no ipykernel.
     assert dockerkernel("install", "--image", BARE["py3"], "--name", "no-ipykernel", "--no-pull").code == 0
+    # The restarter looks at the kernel every 0.2 s instead of 3 s, so that a loop shows soon.
+    config = jupyter_dirs / "config" / "jupyter_server_config.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps({"KernelRestarter": {"time_to_dead": RESTARTER_PERIOD}}))
     server = await jupyter_server(notebook_dir.parent)
     session, ws = await open_session(server, "no-ipykernel")
-    try:
-        run = await execute_until_answered(ws, "print('hello')")
-    finally:
-        ws.close()
     message = errors.EXITED_DURING_STARTUP.format(
         image=BARE["py3"], status=1, reason="/usr/bin/python3: No module named ipykernel_launcher"
     )
-    [shown] = [m for m in run.messages if m["msg_type"] == "error"]
-    assert (run.ename, shown["content"]["evalue"]) == ("DockerKernelError", message)
+    try:
+        run = await execute_until_answered(ws, "print('hello')")
+        [shown] = [m for m in run.messages if m["msg_type"] == "error"]
+        assert (run.ename, shown["content"]["evalue"]) == ("DockerKernelError", message)
+        # The fallback kernel keeps answering, through 20 of the restarter's looks, with no restart.
+        watched_until = time.monotonic() + 20 * RESTARTER_PERIOD
+        while time.monotonic() < watched_until:
+            assert (await ws.execute("1", timeout=10)).ename == "DockerKernelError"
+    finally:
+        ws.close()
     assert server.log().count("KernelRestarter: restarting kernel") == 1  # once, then the reason
     assert (
         docker_client.containers.list(all=True, filters={"label": f"{LABEL_KERNELSPEC}=no-ipykernel"}) == []

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import re
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
+from jupyter_client.manager import AsyncKernelManager
 from rich.console import Console
 
 from dockerkernel import errors
 from dockerkernel.pulls import PullBars, PullLog, PullProgress
+from dockerkernel.spec import LABEL_KERNEL_ID
 
 from conftest import Registry
+from waiting import wait_until
 
 LAYER = "bbbbbbbbbbbb"
 # What the engine streams for a two-layer pull, one of them already present.
@@ -140,3 +146,83 @@ def test_server_log_gets_a_summary_at_most_every_interval(caplog: pytest.LogCapt
     assert "Pulling team/img:1: 1 of 2 layers done, 15.0 MB of 20.0 MB downloaded" in messages
     assert messages[len(EVENTS) + 1].startswith("Pulled team/img:1 (sha256:0123). It took ")
     assert len(messages) == len(EVENTS) + 2 + 2
+
+
+class Gate:
+    """A TCP gate in front of the registry: it holds each connection until opened, then passes it on.
+
+    A pull through it hangs, like one from a slow registry, and completes once the gate opens.
+    """
+
+    def __init__(self, registry: str) -> None:
+        self.target = registry.rsplit(":", 1)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.opened = threading.Event()
+        self.connected = threading.Event()
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.sockets.append(client)
+            self.connected.set()
+            threading.Thread(target=self._pass_on, args=(client,), daemon=True).start()
+
+    def _pass_on(self, client: socket.socket) -> None:
+        self.opened.wait()
+        upstream = socket.create_connection((self.target[0], int(self.target[1])))
+        self.sockets.append(upstream)
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._copy, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _copy(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.opened.set()
+        for s in self.sockets:
+            s.close()
+
+
+async def test_a_start_cancelled_during_its_pull_ends_at_once_and_leaves_nothing_behind(
+    dockerkernel: Any, registry: Registry, docker_client: docker.DockerClient, notebook_dir: Path
+) -> None:
+    gate = Gate(registry.address)
+    image = registry.image.replace(registry.address, f"127.0.0.1:{gate.port}")
+    assert dockerkernel("install", "--image", image, "--name", "gated", "--no-pull").code == 0
+    km = AsyncKernelManager(kernel_name="gated")
+    try:
+        start = asyncio.ensure_future(km.start_kernel(cwd=str(notebook_dir)))
+        await wait_until(gate.connected.is_set, "Docker to contact the registry")
+        start.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(start, timeout=10)  # at once, not when the pull ends
+
+        gate.opened.set()  # the pull now completes, after the start was cancelled
+        await wait_until(lambda: not starting(km.kernel_id), "the cancelled start to end")
+        docker_client.images.get(image)  # pulled
+        kernel = {"label": f"{LABEL_KERNEL_ID}={km.kernel_id}"}
+        assert docker_client.containers.list(all=True, filters=kernel) == []
+    finally:
+        gate.close()
+        await km.cleanup_resources()
+        try:
+            docker_client.images.remove(image)
+        except docker.errors.ImageNotFound:
+            pass
+
+
+def starting(kernel_id: str) -> bool:
+    """Whether a thread is still starting the kernel."""
+    return any(t.name == f"dockerkernel-start-{kernel_id}" for t in threading.enumerate())

@@ -11,11 +11,14 @@ from typing import Any
 
 import docker
 import pytest
+from jupyter_client.manager import AsyncKernelManager
 
 from dockerkernel import errors
+from dockerkernel.errors import DockerKernelError
 from dockerkernel.provisioner import DockerProvisioner
 from dockerkernel.spec import LABEL_KERNEL_ID
 
+from conftest import BARE, IMAGES
 from waiting import wait_until
 
 pytestmark = pytest.mark.docker
@@ -113,3 +116,38 @@ async def test_unreachable_daemon_is_one_sentence_and_the_server_keeps_serving(
     assert await server.api("GET", "/api/contents/project")
     await server.api("DELETE", f"/api/sessions/{session['id']}")
     assert await server.api("GET", "/api/kernels") == []
+
+
+async def test_a_start_up_failure_is_told_once_and_a_later_restart_tries_again(
+    dockerkernel: Any, docker_client: docker.DockerClient, notebook_dir: Path, no_leftovers: None
+) -> None:
+    """Without the fallback kernel (nbclient, papermill), the restart after an early exit says why;
+    once the cause is fixed (here: the image gets ipykernel), the next restart starts the kernel."""
+    image = "dockerkernel-test/fixable:latest"
+    docker_client.images.get(BARE["py3"]).tag(image)
+    km = AsyncKernelManager(kernel_name="fixable")
+    try:
+        installed = dockerkernel(
+            "install", "--image", image, "--name", "fixable", "--no-pull", "--pull-policy", "never"
+        )
+        assert installed.code == 0, installed.err
+        await km.start_kernel(cwd=str(notebook_dir))
+        await wait_until(km.provisioner.poll, "the kernel to die for want of ipykernel")
+        with pytest.raises(DockerKernelError) as info:
+            await km.restart_kernel(now=True)
+        assert str(info.value) == errors.EXITED_DURING_STARTUP.format(
+            image=image, status=1, reason="/usr/bin/python3: No module named ipykernel_launcher"
+        )
+
+        docker_client.images.get(IMAGES["py3"]).tag(image)  # fixed
+        await km.restart_kernel(now=True)
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=60)
+        finally:
+            kc.stop_channels()
+    finally:
+        if km.has_kernel:
+            await km.shutdown_kernel(now=True)
+        docker_client.images.remove(image)

@@ -287,3 +287,19 @@ def test_processes_that_make_a_users_network_at_once_end_up_on_one(
         for network in docker_client.api.networks(names=[name]):
             docker_client.api.remove_network(network["Id"])
         docker_ops._networks.clear()
+
+
+def test_a_user_outside_the_docker_group_is_told_how_to_get_access(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("running as another user needs root: run the suite with tests/run.sh as root")
+    os.chmod(tmp_path, 0o777)
+    nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    done = subprocess.run(
+        [*nobody, sys.executable, "-m", "dockerkernel", "ps"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    sentence = errors.DOCKER_UNREACHABLE.format(reason="permission denied on the Docker socket")
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", f"dockerkernel: {sentence}\n")
