@@ -1,4 +1,4 @@
-"""The Docker daemon stops, hangs or restarts under a running kernel.
+"""The Docker daemon stops, hangs or restarts under a running kernel, or a server's session.
 
 Without live-restore, dockerd's containers stop with it: a restart while it is
 down fails at once with one sentence, and once it is back a restart gives a
@@ -31,6 +31,7 @@ import pytest
 
 from dockerkernel import docker_ops, errors
 from dockerkernel.errors import DockerKernelError
+from dockerkernel.spec import LABEL_KERNEL_ID
 
 from conftest import IMAGES
 from waiting import wait_until, wait_until_sync
@@ -181,3 +182,32 @@ def test_a_hung_daemon_fails_each_call_after_the_timeout_with_one_sentence(
     sentence = errors.DOCKER_UNREACHABLE.format(reason="it did not answer within 2 s")
     assert (ps.returncode, ps.stderr) == (1, f"dockerkernel: {sentence}\n")
     assert (kernel.returncode, kernel.stdout) == (1, sentence + "\n"), kernel.stderr
+
+
+async def test_a_session_deleted_with_the_daemon_down_ends_and_its_container_goes_later(
+    install_test_kernel: Any,
+    jupyter_server: Any,
+    notebook_dir: Path,
+    docker_client: docker.DockerClient,
+    daemon: Daemon,
+) -> None:
+    """DELETE answers, the kernel and its ports are let go; the container that could not be
+    removed is removed by the server at its next kernel start on that daemon."""
+    name = install_test_kernel("py3")
+    server = await jupyter_server(notebook_dir.parent)
+    body = {"path": "project/nb.ipynb", "type": "notebook", "kernel": {"name": name}}
+    session = await server.api("POST", "/api/sessions", body)
+    [first] = docker_client.containers.list(filters={"label": f"{LABEL_KERNEL_ID}={session['kernel']['id']}"})
+    daemon.stop()
+
+    started = time.monotonic()
+    await server.api("DELETE", f"/api/sessions/{session['id']}", timeout=60)
+    print(f"DELETE with the daemon down answered after {time.monotonic() - started:.1f} s")
+    assert await server.api("GET", "/api/kernels") == []
+    assert f"its container {first.id[:12]} is left behind" in server.log()
+
+    daemon.start()
+    later = await server.api("POST", "/api/sessions", {**body, "path": "project/later.ipynb"})
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(first.id)
+    await server.api("DELETE", f"/api/sessions/{later['id']}")
