@@ -7,6 +7,7 @@ and drives it through KernelManager; the docstrings say which step calls what.
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import zmq
@@ -24,6 +25,7 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, TraitError
 
 from . import docker_ops, errors, fallback
+from .backends import Backend, ContainerBackend, Launched
 from .config import check_launchable, check_setting_names
 from .errors import DockerKernelError, PortTaken
 from .identity import host_identity
@@ -46,6 +48,16 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(_executor, fn, *args)
 
 
+class KernelState(enum.Enum):
+    """Where a kernel is in its lifecycle; the provisioner changes it on the server's event loop only."""
+
+    NONE = "none"  # no kernel: before the first launch, and after each cleanup
+    STARTING = "starting"  # its container runs and it has not answered yet
+    READY = "ready"  # it has answered a heartbeat
+    STOPPING = "stopping"  # KernelManager kills or terminates it
+    FALLBACK = "fallback"  # the fallback kernel answers in its place
+
+
 class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[metaclass]
     """Runs each kernel in a container of its own, made from the kernelspec's image.
 
@@ -64,14 +76,13 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         same sentence.""",
     ).tag(config=True)
 
-    container_id: str | None = None
-    _exit: Future[int] | None = None
+    container_id: str | None = None  # the backend's handle on the kernel's container
+    _state = KernelState.NONE
+    _kernel: Launched | None = None  # the container, kept until cleanup()
+    _exit: Future[int] | None = None  # its exit, until KernelManager has waited for it
     _plan: ContainerPlan | None = None
     _plan_args: dict[str, Any]
     _ports_cached = False
-    _answered = False  # the kernel has answered a heartbeat since its container started
-    _container_status: int | None = None  # the exit status of the last container, once it exited
-    _stopped = False  # killed or terminated by KernelManager, not dead by itself
     _heartbeat: asyncio.Task[None] | None = None
     _early_exit = ""  # why the last container's kernel died before it ever answered
     _fallback: subprocess.Popen[bytes] | None = None
@@ -88,6 +99,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         except TraitError as e:
             raise DockerKernelError(errors.INVALID_SETTING.format(kernel=name, reason=e)) from e
         self.kernel_name = name
+        self.backend: Backend = ContainerBackend()
 
     @property
     def has_process(self) -> bool:
@@ -127,7 +139,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
                 self._fallback.send_signal(signum)
         elif self.container_id is not None:
             try:
-                await _in_thread(docker_ops.signal_container, self._client(), self.container_id, signum)
+                await _in_thread(self.backend.signal, self.container_id, signum)
             except DockerKernelError as e:
                 # While stopping, cleanup() says what is left behind, once.
                 (self.log.debug if stopping else self.log.warning)(
@@ -136,18 +148,19 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
 
     async def kill(self, restart: bool = False) -> None:
         """Called by KernelManager when a kernel does not shut down in time, and to restart a dead one."""
-        self._note_stopped()
+        self._note_stopping()
         await self._signal(signal.SIGKILL, stopping=True)
 
     async def terminate(self, restart: bool = False) -> None:
         """Called by KernelManager when a kernel does not answer a shutdown request."""
-        self._note_stopped()
+        self._note_stopping()
         await self._signal(signal.SIGTERM, stopping=True)
 
-    def _note_stopped(self) -> None:
+    def _note_stopping(self) -> None:
         """A kernel still running when KernelManager stops it did not die by itself."""
-        if self._exit is not None and not self._exit.done():
-            self._stopped = True
+        running = self._kernel is not None and not self._kernel.exit.done()
+        if running and self._state in (KernelState.STARTING, KernelState.READY):
+            self._state = KernelState.STOPPING
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Choose ports, write the connection file and plan the container.
@@ -236,34 +249,26 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             if self._start_error or early_exit:
                 # Restarting after an early exit would only die again: say why instead of looping.
                 raise DockerKernelError(self._start_error or early_exit)
-            container_id = await self._start_container()
+            kernel = await self._start_container()
         except DockerKernelError as e:
             if not self.fallback_kernel:
                 raise
             self.log.error("Kernel %s could not start: %s", self.kernel_id, e)
             self._start_fallback(str(e))
             return self.connection_info
-        self.container_id = container_id
+        self._kernel, self._exit, self.container_id = kernel, kernel.exit, kernel.handle
+        self._state = KernelState.STARTING
         self.log.info(
-            "Kernel %s runs in container %s (image %s)", self.kernel_id, container_id[:12], self.image
+            "Kernel %s runs in container %s (image %s)", self.kernel_id, kernel.handle[:12], self.image
         )
-        self._answered = self._stopped = False
-        self._container_status = None
-        assert self._exit is not None
-        self._exit.add_done_callback(self._record_exit)
-        self._heartbeat = asyncio.ensure_future(self._watch_heartbeat(self._exit))
-        return self.connection_info
+        self._heartbeat = asyncio.ensure_future(self._watch_heartbeat(kernel.exit))
+        return self.backend.endpoints(self.connection_info)
 
-    def _record_exit(self, status: Future[int]) -> None:
-        # Kept past wait(), which KernelManager calls before cleanup().
-        self._container_status = status.result()
-
-    async def _start_container(self) -> str:
+    async def _start_container(self) -> Launched:
         assert self._plan is not None
         for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
-                container_id, self._exit = await self._start_in_thread(self._plan)
-                return container_id
+                return await self._start_in_thread(self._plan)
             except PortTaken as e:
                 if attempt == PORT_ATTEMPTS:
                     raise
@@ -275,8 +280,8 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
                 self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
         raise AssertionError("unreachable")
 
-    async def _start_in_thread(self, plan: ContainerPlan) -> tuple[str, Future[int]]:
-        """docker_ops.run_kernel_container() in a thread of its own, for a start that can be cancelled.
+    async def _start_in_thread(self, plan: ContainerPlan) -> Launched:
+        """The backend's launch, in a thread of its own, for a start that can be cancelled.
 
         A pull can take minutes. If the start is cancelled meanwhile (Ctrl-C in
         nbclient, a session deleted while it starts), this returns at once; the
@@ -285,27 +290,25 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         the cancellation.
         """
         cancelled = threading.Event()
-        started: Future[tuple[str, Future[int]]] = Future()
+        started: Future[Launched] = Future()
         started.set_running_or_notify_cancel()  # so that a cancelled await cannot cancel it
 
         def run() -> None:
             try:
-                started.set_result(
-                    docker_ops.run_kernel_container(plan, self.pull_policy, self.log, cancelled)
-                )
+                started.set_result(self.backend.launch(plan, self.pull_policy, self.log, cancelled))
             except BaseException as e:
                 started.set_exception(e)
 
-        def remove_if_started(done: Future[tuple[str, Future[int]]]) -> None:
+        def remove_if_started(done: Future[Launched]) -> None:
             if done.exception() is None:
-                container_id = done.result()[0]
+                container_id = done.result().handle
                 self.log.info(
                     "Kernel %s: removing container %s, started after a cancel",
                     self.kernel_id,
                     container_id[:12],
                 )
                 try:
-                    docker_ops.remove_container(self._client(), container_id)
+                    self.backend.remove(container_id)
                 except DockerKernelError as e:
                     self.log.warning(
                         "Kernel %s: container %s is left behind: %s", self.kernel_id, container_id[:12], e
@@ -338,7 +341,8 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
                 await socket.send(b"ping")
                 if await socket.poll(500):
                     await socket.recv()
-                    self._answered = True
+                    if self._state is KernelState.STARTING:
+                        self._state = KernelState.READY
                     return
             finally:
                 socket.close()
@@ -352,6 +356,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             stdin=subprocess.DEVNULL,
         )
         self._early_exit = ""  # a restart by the user tries the container again
+        self._state = KernelState.FALLBACK
         self._exit = Future()
         self._exit.set_running_or_notify_cancel()
         process, status = self._fallback, self._exit
@@ -371,22 +376,27 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             if process.poll() is None:
                 process.kill()
             await _in_thread(process.wait)
-        if self.container_id is not None:
-            container_id, self.container_id = self.container_id, None
-            status = self._container_status
+        if self.container_id is not None:  # launched, or known from load_provisioner_info()
+            kernel, handle = self._kernel, self.container_id
+            self._kernel = self.container_id = None
+            # Exited by itself before it ever answered: it died during start-up.
+            starting = self._state is KernelState.STARTING
+            status = kernel.exit.result() if kernel is not None and kernel.exit.done() else None
             try:
-                if restart and status is not None and not self._answered and not self._stopped:
-                    self._early_exit = await self._why_it_died(container_id, status)
+                if restart and starting and status is not None:
+                    self._early_exit = await self._why_it_died(handle, status)
                     self.log.error("Kernel %s: %s", self.kernel_id, self._early_exit)
-                await _in_thread(docker_ops.remove_container, self._client(), container_id)
+                await _in_thread(self.backend.remove, handle)
             except DockerKernelError as e:
                 # Best effort: the ports are given back all the same, and the container is
                 # removed at this process's next start on that daemon, or, once this process
                 # is gone, by `dockerkernel prune` or the next server's reaper.
-                docker_ops.leave_behind(self._client(), container_id)
+                with suppress(DockerKernelError):  # no client yet, and no daemon to make one
+                    await _in_thread(self.backend.leave_behind, handle)
                 self.log.warning(
-                    "Kernel %s: its container %s is left behind: %s", self.kernel_id, container_id[:12], e
+                    "Kernel %s: its container %s is left behind: %s", self.kernel_id, handle[:12], e
                 )
+        self._state = KernelState.NONE
         if self._ports_cached and not restart:
             ports = LocalPortCache.instance()
             for port_name in PORT_NAMES:
@@ -398,7 +408,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         if status == 127 and self._plan is not None:  # the init process found no such command
             command = self._plan.create_kwargs["command"][0]
             return errors.KERNEL_CMD_NOT_FOUND.format(image=self.image, command=command)
-        reason = await _in_thread(docker_ops.last_log_line, self._client(), container_id)
+        reason = await _in_thread(self.backend.last_words, container_id)
         return errors.EXITED_DURING_STARTUP.format(image=self.image, status=status, reason=reason)
 
     async def get_provisioner_info(self) -> dict[str, Any]:
@@ -409,7 +419,3 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
         await super().load_provisioner_info(provisioner_info)
         self.container_id = provisioner_info.get("container_id")
-
-    def _client(self) -> Any:
-        # Made by launch_kernel() before any container exists, so no daemon call here.
-        return docker_ops.get_client()
