@@ -57,14 +57,18 @@ class Backend(Protocol):
 
 
 class ContainerBackend:
-    """Kernels as containers of one Docker engine: the local one, or the one DOCKER_HOST names.
+    """Kernels as containers of one Docker engine of this machine: ``docker_host`` (a unix://
+    URL), or, for '', the one DOCKER_HOST names, else the local one.
 
     The container publishes the kernel's ports on the engine host's loopback,
     which is the server's: its endpoints are the connection's own.
     """
 
+    def __init__(self, docker_host: str = "") -> None:
+        self.docker_host = docker_host
+
     def _client(self) -> Any:
-        return docker_ops.get_client()
+        return docker_ops.get_client(self.docker_host)
 
     def launch(
         self, plan: ContainerPlan, pull_policy: str, log: KernelLog, cancelled: threading.Event

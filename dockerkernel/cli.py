@@ -13,15 +13,18 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 from . import __version__, docker_ops, doctor, errors, images, kernelspec
+from .config import make_settings
 from .errors import DockerKernelError
 from .pulls import PullBars
 from .settings import DEFAULT_KERNEL_CMD, DockerSettings
 from .spec import LABEL_GPUS, LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER_UID
+
+T = TypeVar("T")
 
 
 def _help(trait: str) -> str:
@@ -44,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help=_help("image"))
     p.add_argument("--name", help="the kernelspec's name (default: the preset's, or one made from the image)")
     p.add_argument("--display-name", help="the name shown in Jupyter's kernel picker")
+    p.add_argument("--host", metavar="unix:///PATH", help=_help("docker_host"))
     p.add_argument("--gpus", help=_help("gpus"))
     p.add_argument("--when-gpus-busy", choices=["share", "refuse"], help=_help("when_gpus_busy"))
     p.add_argument("--gpu-inventory", metavar="ID,ID,...", help=_help("gpu_inventory"))
@@ -148,6 +152,7 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
 
     for option, setting in (
         ("image", "image"),
+        ("host", "docker_host"),
         ("gpus", "gpus"),
         ("when_gpus_busy", "when_gpus_busy"),
         ("run_as", "user"),
@@ -179,17 +184,19 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
 
 def cmd_install(args: argparse.Namespace) -> int:
     name, display_name, config, env = install_settings(args)
+    make_settings(DockerSettings, config, name)  # a bad setting is refused before Docker is asked
     prefix = sys.prefix if args.sys_prefix else args.prefix
     metadata: dict[str, Any] = {}
+    host = config.get("docker_host", "")
     if args.dockerfile:
-        client = docker_ops.get_client()
+        client = docker_ops.get_client(host)
         images.build_dockerfile(client, args.dockerfile, config["image"], _show)
         config["pull_policy"] = "never"  # built here: there is nothing to pull
     elif not args.no_pull:
         # Pull before installing, so that a kernelspec is never left naming an image that cannot be had.
-        result = _pull(config["image"], "missing")
+        result = _pull(config["image"], "missing", host)
         print(result or f"Image {config['image']} is present.", file=sys.stderr)
-    if args.dockerfile or not args.no_pull or _check_despite_no_pull(args, config["image"]):
+    if args.dockerfile or not args.no_pull or _check_despite_no_pull(args, config["image"], host):
         metadata = _make_kernel_ready(args, config)
     path = kernelspec.install(
         name=name,
@@ -206,7 +213,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_despite_no_pull(args: argparse.Namespace, image: str) -> bool:
+def _check_despite_no_pull(args: argparse.Namespace, image: str, host: str) -> bool:
     """With --no-pull, whether a flag needs the image checked: it must be here, or the install is refused.
 
     Without such a flag, --no-pull checks nothing: the image may not exist yet.
@@ -215,7 +222,7 @@ def _check_despite_no_pull(args: argparse.Namespace, image: str) -> bool:
     flags = [flag for flag, given in wanted if given]
     if not flags:
         return False
-    if not docker_ops.image_present(docker_ops.get_client(), image):
+    if not docker_ops.image_present(docker_ops.get_client(host), image):
         raise DockerKernelError(errors.NO_PULL_NEEDS_IMAGE.format(flag=flags[0], image=image))
     return True
 
@@ -230,7 +237,7 @@ def _show(line: str) -> None:
 
 def _make_kernel_ready(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any]:
     """Probe the image; add ipykernel if asked and needed; the metadata to record."""
-    client = docker_ops.get_client()
+    client = docker_ops.get_client(config.get("docker_host", ""))
     python = config.get("kernel_cmd", DEFAULT_KERNEL_CMD)[0]
     image = config["image"]
     found = images.probe(client, image, python)
@@ -249,9 +256,10 @@ def _make_kernel_ready(args: argparse.Namespace, config: dict[str, Any]) -> dict
     return metadata
 
 
-def _pull(image: str, pull_policy: str) -> str | None:
-    """Pull ``image`` if ``pull_policy`` asks for it, with progress bars; the final line, if pulled."""
-    client = docker_ops.get_client()
+def _pull(image: str, pull_policy: str, host: str = "") -> str | None:
+    """Pull ``image`` on ``host`` if ``pull_policy`` asks for it, with progress bars; the final line,
+    if pulled."""
+    client = docker_ops.get_client(host)
     if not docker_ops.needs_pull(client, image, pull_policy):
         return None
     with PullBars(image) as bars:
@@ -260,17 +268,20 @@ def _pull(image: str, pull_policy: str) -> str | None:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    images = {k.name: k.image for k in kernelspec.installed()}
+    installed = {k.name: k for k in kernelspec.installed()}
+    images = {name: k.image for name, k in installed.items()}
     images.update({name: p.config["image"] for name, p in kernelspec.presets().items() if name not in images})
-    print(_pull(images.get(args.target, args.target), "always"))
+    host = installed[args.target].docker_host if args.target in installed else ""
+    print(_pull(images.get(args.target, args.target), "always", host))
     return 0
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
-    home = next((k.home for k in kernelspec.installed() if k.name == args.name), "")
-    if args.purge and home:
+    kernel = next((k for k in kernelspec.installed() if k.name == args.name), None)
+    home = kernel.home if kernel is not None else ""
+    if args.purge and kernel is not None and home:
         # First the home, which a running kernel may hold: then nothing is half removed.
-        removed = docker_ops.remove_home(docker_ops.get_client(), home)
+        removed = docker_ops.remove_home(docker_ops.get_client(kernel.docker_host), home)
         print(f"Removed kernel home {home}" if removed else f"No kernel home {home} to remove")
     path = kernelspec.uninstall(args.name)
     print(f"Removed kernelspec {args.name} from {path}")
@@ -303,10 +314,30 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _container_rows(every_user: bool) -> list[dict[str, Any]]:
+def _per_host(what: Callable[[str], list[T]]) -> tuple[list[T], bool]:
+    """``what`` for each engine of the installed kernelspecs; whether every engine answered.
+
+    With one engine, its error is the command's; with several, each unreachable
+    one is a line on stderr and the others are still shown.
+    """
+    hosts = kernelspec.docker_hosts(kernelspec.installed())
+    results: list[T] = []
+    answered = True
+    for host in hosts:
+        try:
+            results += what(host)
+        except DockerKernelError as e:
+            if len(hosts) == 1:
+                raise
+            print(f"dockerkernel: {host or 'the default engine'}: {e}", file=sys.stderr)
+            answered = False
+    return results, answered
+
+
+def _container_rows(every_user: bool, host: str) -> list[dict[str, Any]]:
     mine = {} if every_user else {LABEL_OWNER_UID: str(os.getuid())}
     rows = []
-    for c in docker_ops.kernel_containers(docker_ops.get_client(), **mine):
+    for c in docker_ops.kernel_containers(docker_ops.get_client(host), **mine):
         alive = docker_ops.owner_alive(c.labels)
         rows.append(
             {
@@ -319,13 +350,14 @@ def _container_rows(every_user: bool) -> list[dict[str, Any]]:
                 "gpus": c.labels.get(LABEL_GPUS, ""),
                 "owner": {True: "running", False: "gone", None: "unknown"}[alive],
                 "image": c.attrs.get("Config", {}).get("Image", ""),
+                "host": host,
             }
         )
     return rows
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    rows = _container_rows(args.all)
+    rows, answered = _per_host(lambda host: _container_rows(args.all, host))
     if args.json:
         print(json.dumps(rows, indent=1))
     elif not rows:
@@ -333,16 +365,28 @@ def cmd_ps(args: argparse.Namespace) -> int:
             "No kernel containers." if args.all else "No kernel containers of yours (--all shows everyone's)."
         )
     else:
-        keys = ("container", "kernelspec", "kernel_id", "user", "status", "owner", "gpus", "image")
+        keys: tuple[str, ...] = (
+            "container",
+            "kernelspec",
+            "kernel_id",
+            "user",
+            "status",
+            "owner",
+            "gpus",
+            "image",
+        )
+        if any(r["host"] for r in rows):
+            keys += ("host",)
         table = [tuple(r[k] or "-" for k in keys) for r in rows]
         print(_table([tuple(k.upper() for k in keys), *table]))
-    return 0
+    return 0 if answered else 1
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    removed = len(docker_ops.prune_orphans(docker_ops.get_client()))
+    pruned, answered = _per_host(lambda host: docker_ops.prune_orphans(docker_ops.get_client(host)))
+    removed = len(pruned)
     print(f"Removed {removed} kernel container{'s' if removed != 1 else ''} whose owner is gone.")
-    return 0
+    return 0 if answered else 1
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

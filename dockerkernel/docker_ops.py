@@ -69,7 +69,8 @@ def api_timeout() -> float:
         return API_TIMEOUT
 
 
-_client: docker.DockerClient | None = None
+_clients: dict[str, docker.DockerClient] = {}  # by docker_host; '' for DOCKER_HOST's engine
+_client_hosts: dict[int, str] = {}  # id(client): its docker_host
 _client_lock = threading.Lock()
 
 
@@ -97,16 +98,25 @@ def _reason(exc: BaseException) -> str:
     return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
 
 
-def get_client() -> docker.DockerClient:
-    """The process's Docker client, made on first use from DOCKER_HOST and friends."""
-    global _client
+def get_client(docker_host: str = "") -> docker.DockerClient:
+    """The process's Docker client for ``docker_host``, made on first use.
+
+    ``docker_host`` is a kernelspec's setting: a unix:// URL, or '' for the
+    engine that DOCKER_HOST and friends name.
+    """
     with _client_lock:
-        if _client is None:
+        if docker_host not in _clients:
             try:
-                _client = docker.from_env(timeout=api_timeout())
+                if docker_host:
+                    client = docker.DockerClient(base_url=docker_host, timeout=api_timeout())
+                else:
+                    client = docker.from_env(timeout=api_timeout())
             except DockerException as e:
+                _release_frames(e)  # the SDK leaves the socket of a failed connection open
                 raise DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=_reason(e))) from e
-        return _client
+            _clients[docker_host] = client
+            _client_hosts[id(client)] = docker_host
+        return _clients[docker_host]
 
 
 @contextmanager
@@ -212,7 +222,7 @@ def pull_image(client: docker.DockerClient, image: str, on_event: PullEvents | N
     the stream, is an IMAGE_UNAVAILABLE error naming the image and the reason.
     """
     repository, tag = parse_repository_tag(image)
-    with _untimed_api(client.api.api_version) as api, _daemon_errors():
+    with _untimed_api(client) as api, _daemon_errors():
         try:
             for event in api.pull(repository, tag=tag or "latest", stream=True, decode=True):
                 if "error" in event:
@@ -225,10 +235,13 @@ def pull_image(client: docker.DockerClient, image: str, on_event: PullEvents | N
 
 
 @contextmanager
-def _untimed_api(api_version: str) -> Iterator[docker.APIClient]:
-    """A low-level client of its own with no read timeout, for calls that may block for long."""
+def _untimed_api(client: docker.DockerClient) -> Iterator[docker.APIClient]:
+    """A low-level client of its own to ``client``'s engine with no read timeout, for calls that may
+    block for long."""
+    docker_host = _client_hosts.get(id(client), "")
+    where = {"base_url": docker_host} if docker_host else kwargs_from_env()
     try:
-        api = docker.APIClient(version=api_version, timeout=None, **kwargs_from_env())
+        api = docker.APIClient(version=client.api.api_version, timeout=None, **where)
     except DockerException as e:
         raise DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=_reason(e))) from e
     try:
@@ -588,7 +601,7 @@ def run_kernel_container(
     ``kernel_log``. Once ``cancelled`` is set, no container is created.
     Returns the container id and a future for its exit status.
     """
-    client = get_client()
+    client = get_client(plan.docker_host)
     plan = for_engine(plan, engine_of(client))
     remove_left_behind(client)
     if needs_pull(client, plan.image, pull_policy):
@@ -601,7 +614,7 @@ def run_kernel_container(
         container_id = start_container(client, plan)
     else:
         container_id = place_kernel_gpus(client, plan, kernel_log)
-    return container_id, watch_container(container_id, client.api.api_version)
+    return container_id, watch_container(client, container_id)
 
 
 def run_once(
@@ -668,7 +681,7 @@ WATCH_RETRY_MAX = 5.0  # seconds between tries to reach a daemon that lost sight
 _watches: dict[str, threading.Event] = {}  # container id: set to stop watching it
 
 
-def wait_container(container_id: str, api_version: str, stop: threading.Event) -> int:
+def wait_container(client: docker.DockerClient, container_id: str, stop: threading.Event) -> int:
     """Block until the container exits and return its exit status; -1 once it is gone.
 
     Uses a connection of its own, with no read timeout, so that a long-lived
@@ -683,7 +696,7 @@ def wait_container(container_id: str, api_version: str, stop: threading.Event) -
     lost = False
     while not stop.is_set():
         try:
-            with _untimed_api(api_version) as api:
+            with _untimed_api(client) as api:
                 if lost:
                     api.ping()
                     log.info("The daemon answers again: watching container %s", container_id[:12])
@@ -705,14 +718,14 @@ def wait_container(container_id: str, api_version: str, stop: threading.Event) -
     return -1
 
 
-def watch_container(container_id: str, api_version: str) -> Future[int]:
+def watch_container(client: docker.DockerClient, container_id: str) -> Future[int]:
     """A future for the container's exit status, resolved by a thread of its own; see stop_watching()."""
     future: Future[int] = Future()
     future.set_running_or_notify_cancel()  # so that a cancelled await cannot cancel it
     stop = _watches.setdefault(container_id, threading.Event())
 
     def wait() -> None:
-        status = wait_container(container_id, api_version, stop)
+        status = wait_container(client, container_id, stop)
         _watches.pop(container_id, None)
         future.set_result(status)
 

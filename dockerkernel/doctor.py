@@ -22,23 +22,29 @@ class Check:
 
 
 def run_checks() -> Iterator[Check]:
-    """The checks, in order; later ones are skipped when the daemon cannot be reached."""
+    """The checks, in order: each engine that kernelspecs use, then the server extension."""
+    kernels = kernelspec.installed()
+    for host in kernelspec.docker_hosts(kernels):
+        yield from engine_checks(host, [k for k in kernels if k.docker_host == host])
+    yield extension_check()
+
+
+def engine_checks(host: str, kernels: list[kernelspec.InstalledKernel]) -> Iterator[Check]:
+    """The engine ``host`` ('' for DOCKER_HOST's), its GPUs and its kernels' images; the rest is
+    skipped when it cannot be reached."""
+    name = f"Docker daemon {host}" if host else "Docker daemon"
     try:
-        client = docker_ops.get_client()
+        client = docker_ops.get_client(host)
         with docker_ops._daemon_errors():
             version = client.version()
     except DockerKernelError as e:
-        yield Check("Docker daemon", False, str(e))
-        yield extension_check()
+        yield Check(name, False, str(e))
         return
-    yield Check(
-        "Docker daemon", True, f"reachable, Docker {version['Version']} (API {version['ApiVersion']})"
-    )
-    kernels = kernelspec.installed()
-    yield from gpu_checks(client, kernels)
+    yield Check(name, True, f"reachable, Docker {version['Version']} (API {version['ApiVersion']})")
+    if not host or any(k.gpus != "none" for k in kernels):
+        yield from gpu_checks(client, kernels)
     for kernel in kernels:
         yield kernel_check(client, kernel)
-    yield extension_check()
 
 
 METHODS = {gpus.NVIDIA: "Docker's NVIDIA device driver", gpus.CDI: "CDI"}

@@ -33,6 +33,7 @@ class InstalledKernel:
     gpus: str
     path: str
     home: str  # the Docker volume that keeps this user's home for it; '' when it has none
+    docker_host: str = ""  # its engine: a unix:// URL, or '' for DOCKER_HOST's
 
 
 @dataclass(frozen=True)
@@ -176,9 +177,15 @@ def installed(manager: KernelSpecManager | None = None) -> list[InstalledKernel]
                 gpus=config.get("gpus", "none"),
                 path=entry["resource_dir"],
                 home=home_volume_name(os.getuid(), name) if has_home else "",
+                docker_host=config.get("docker_host", ""),
             )
         )
     return rows
+
+
+def docker_hosts(kernels: list[InstalledKernel]) -> list[str]:
+    """The engines that ``kernels`` run on: '' (DOCKER_HOST's) first, then each kernelspec's own."""
+    return ["", *sorted({k.docker_host for k in kernels} - {""})]
 
 
 def config_of(name: str, manager: KernelSpecManager | None = None) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] =
         client_cwd=cwd,
     )
     container_id, exit_status = docker_ops.run_kernel_container(plan, settings.pull_policy)
-    client = docker_ops.get_client()
+    client = docker_ops.get_client(settings.docker_host)
     try:
 
         def forward(signum: int, frame: FrameType | None) -> None:

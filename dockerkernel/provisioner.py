@@ -99,7 +99,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         except TraitError as e:
             raise DockerKernelError(errors.INVALID_SETTING.format(kernel=name, reason=e)) from e
         self.kernel_name = name
-        self.backend: Backend = ContainerBackend()
+        self.backend: Backend = ContainerBackend(self.docker_host)
 
     @property
     def has_process(self) -> bool:

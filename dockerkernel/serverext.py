@@ -20,7 +20,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from . import docker_ops
+from . import kernelspec
+from .backends import ContainerBackend
 from .errors import DockerKernelError
 
 
@@ -33,12 +34,14 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         provisioner_config.fallback_kernel = True
 
     def prune() -> None:
-        try:
-            removed = docker_ops.prune_orphans(docker_ops.get_client())
-        except DockerKernelError as e:
-            log.warning("dockerkernel: could not look for orphaned kernel containers: %s", e)
-            return
-        if removed:
-            log.info("dockerkernel: removed %d kernel container(s) whose server is gone", len(removed))
+        for host in kernelspec.docker_hosts(kernelspec.installed()):
+            try:
+                removed = ContainerBackend(host).prune_orphans()
+            except DockerKernelError as e:
+                where = host or "the default engine"
+                log.warning("dockerkernel: could not look for orphaned kernel containers on %s: %s", where, e)
+                continue
+            if removed:
+                log.info("dockerkernel: removed %d kernel container(s) whose server is gone", len(removed))
 
     threading.Thread(target=prune, name="dockerkernel-prune", daemon=True).start()

@@ -103,6 +103,13 @@ class DockerSettings(LoggingConfigurable):
         of 'python3' for Python 2 images.""",
     ).tag(config=True)
 
+    docker_host = Unicode(
+        "",
+        help="""The Docker engine that runs the kernel, as a unix:// socket of this
+        machine, e.g. 'unix:///run/user/1000/podman/podman.sock' for your rootless
+        Podman. Empty: the one DOCKER_HOST names, else the local Docker.""",
+    ).tag(config=True)
+
     gpus = Unicode(
         "none",
         help="""GPUs for the kernel, as for `docker run --gpus`: 'none', 'all', a count
@@ -225,6 +232,17 @@ class DockerSettings(LoggingConfigurable):
                 "python3 -m ipykernel_launcher -f {connection_file}"
             )
         return cmd
+
+    @validate("docker_host")
+    def _valid_docker_host(self, proposal: Any) -> str:
+        value = str(proposal["value"]).strip()
+        if value and not (value.startswith("unix:///") and len(value) > len("unix:///")):
+            raise TraitError(
+                f"invalid docker_host {value!r}: use a socket of this machine such as "
+                "unix:///run/user/1000/podman/podman.sock (engines on other hosts, ssh:// and "
+                "tcp://, are not supported yet)"
+            )
+        return value
 
     @validate("gpus")
     def _valid_gpus(self, proposal: Any) -> str:

@@ -142,6 +142,7 @@ class ContainerPlan:
     connection: dict[str, Any]
     file_owner: tuple[int, int] | None  # uid, gid of the files copied in; None: any user
     gpus: str  # the normalised gpus setting
+    docker_host: str = ""  # the engine that runs it: a unix:// URL, or '' for DOCKER_HOST's
     when_gpus_busy: str = "share"  # the setting: 'share' or 'refuse'
     gpu_inventory: tuple[str, ...] = ()  # the setting: the host's GPU ids, where nvidia-smi cannot list them
     notice: str = ""  # shown in the notebook at the first execution
@@ -387,6 +388,7 @@ def plan_container(
         connection=container_connection(connection_info, settings.network),
         file_owner=(kernel_user.uid, kernel_user.gid) if kernel_user is not None else None,
         gpus=settings.gpus,
+        docker_host=settings.docker_host,
         when_gpus_busy=settings.when_gpus_busy,
         gpu_inventory=tuple(settings.gpu_inventory),
         identity=kernel_user,

@@ -66,3 +66,27 @@ def test_doctor_without_a_daemon(tmp_path: Any) -> None:
     )
     assert lines[1].startswith("ok    Server extension: enabled")
     assert result.stderr == ""
+
+
+@pytest.mark.docker
+def test_each_engine_of_the_kernelspecs_is_checked_and_listed_on_its_own(
+    dockerkernel: Any, install_test_kernel: Any, docker_client: Any, tmp_path: Any
+) -> None:
+    """A kernelspec on an engine that does not answer: its lines say so, the others still show."""
+    install_test_kernel("py3")
+    gone = f"unix://{tmp_path}/gone.sock"
+    install = ["install", "--image", BARE["py3"], "--name", "away", "--host", gone, "--no-pull"]
+    assert dockerkernel(*install).code == 0
+    unreachable = errors.DOCKER_UNREACHABLE.format(reason="no Docker socket was found")
+
+    lines = dockerkernel("doctor").out.splitlines()
+    assert lines[0].startswith("ok    Docker daemon: reachable")
+    assert f"FAIL  Docker daemon {gone}: {unreachable}" in lines
+    assert not any(line.startswith("ok    kernel away") or "FAIL  kernel away" in line for line in lines)
+    assert any(line.startswith("ok    kernel test-py3: ") for line in lines)
+
+    ps = dockerkernel("ps")
+    assert (ps.code, ps.err) == (1, f"dockerkernel: {gone}: {unreachable}\n")
+    assert ps.out.startswith("No kernel containers of yours")
+    listed = dockerkernel("list", "--json").out
+    assert f'"docker_host": "{gone}"' in listed

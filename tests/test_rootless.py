@@ -160,7 +160,10 @@ def test_the_kernel_lifecycle_on_a_rootless_engine(
     ]
     install = ["--image", IMAGES[flavour], "--python", PYTHONS[flavour]]
     url = request.getfixturevalue(engine)
-    session = user_session(install, cells, cwd=notebooks, DOCKER_HOST=url)
+    if engine == "podman":  # the kernelspec names its engine
+        session = user_session([*install, "--host", url], cells, cwd=notebooks)
+    else:  # the environment does
+        session = user_session(install, cells, cwd=notebooks, DOCKER_HOST=url)
 
     first, written, home, interrupted, after, restarted, forgotten = session.outputs
     assert first.splitlines() == [str(notebooks), "data from the host", ordinary_user.pw_name]

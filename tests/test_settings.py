@@ -63,6 +63,13 @@ def test_volumes() -> None:
         ("cpus", -1.0, "use a positive number"),
         ("environment", {"BAD NAME": "x"}, "invalid environment variable name"),
         ("pull_policy", "sometimes", "pull_policy"),
+        (
+            "docker_host",
+            "tcp://gpu-3:2376",
+            "engines on other hosts, ssh:// and tcp://, are not supported yet",
+        ),
+        ("docker_host", "unix://", "use a socket of this machine"),
+        ("when_gpus_busy", "wait", "when_gpus_busy"),
     ],
 )
 def test_invalid_settings_are_rejected(setting: str, value: Any, message: str) -> None:
