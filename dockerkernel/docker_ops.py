@@ -70,7 +70,6 @@ def api_timeout() -> float:
 
 
 _clients: dict[str, docker.DockerClient] = {}  # by docker_host; '' for DOCKER_HOST's engine
-_client_hosts: dict[int, str] = {}  # id(client): its docker_host
 _client_lock = threading.Lock()
 
 
@@ -115,8 +114,17 @@ def get_client(docker_host: str = "") -> docker.DockerClient:
                 _release_frames(e)  # the SDK leaves the socket of a failed connection open
                 raise DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=_reason(e))) from e
             _clients[docker_host] = client
-            _client_hosts[id(client)] = docker_host
         return _clients[docker_host]
+
+
+def engine_key(client: docker.DockerClient) -> str:
+    """Which engine ``client`` talks to, for the caches kept per engine.
+
+    Not its base_url: the SDK gives every unix socket the same one,
+    'http+docker://localhost', and keeps the socket's path in its adapter.
+    """
+    socket_path = getattr(getattr(client.api, "_custom_adapter", None), "socket_path", None)
+    return f"unix://{socket_path}" if socket_path else str(client.api.base_url)
 
 
 @contextmanager
@@ -238,8 +246,8 @@ def pull_image(client: docker.DockerClient, image: str, on_event: PullEvents | N
 def _untimed_api(client: docker.DockerClient) -> Iterator[docker.APIClient]:
     """A low-level client of its own to ``client``'s engine with no read timeout, for calls that may
     block for long."""
-    docker_host = _client_hosts.get(id(client), "")
-    where = {"base_url": docker_host} if docker_host else kwargs_from_env()
+    engine = engine_key(client)
+    where = {"base_url": engine} if engine.startswith("unix://") else kwargs_from_env()
     try:
         api = docker.APIClient(version=client.api.api_version, timeout=None, **where)
     except DockerException as e:
@@ -305,7 +313,7 @@ def _create(client: docker.DockerClient, plan: ContainerPlan) -> Container:
         if "network" not in _reason(e):
             raise
         # Removed since this process made it (`docker network prune`, say): make it again.
-        _networks.pop((str(client.api.base_url), plan.network), None)
+        _networks.pop((engine_key(client), plan.network), None)
         kwargs["network"] = ensure_isolated_network(client, plan.network, plan.owner_uid)
         return _create_container(client, kwargs)
 
@@ -339,7 +347,7 @@ def ensure_isolated_network(client: docker.DockerClient, name: str, uid: int) ->
     processes that create it at once both succeed. All of them then use the
     oldest one, by id, and the others are removed where no container uses them.
     """
-    key = (str(client.api.base_url), name)
+    key = (engine_key(client), name)
     if key in _networks:
         return _networks[key]
     with _daemon_errors():
@@ -385,7 +393,7 @@ _engines: dict[str, Engine] = {}
 
 def engine_of(client: docker.DockerClient) -> Engine:
     """Whether the daemon is Podman, and whether it runs rootless; asked once per daemon."""
-    key = str(client.api.base_url)
+    key = engine_key(client)
     if key not in _engines:
         with _daemon_errors():
             components = client.version().get("Components") or []
@@ -420,7 +428,7 @@ def gpu_support(client: docker.DockerClient, image: str, *, fresh: bool = False)
     NVIDIA runtime, the hook alone on dockerd's PATH (no runtime entry), and
     CDI, which is tried when the first way is refused.
     """
-    key = str(client.api.base_url)
+    key = engine_key(client)
     with _gpu_probe_lock:
         if fresh or key not in _gpu_support:
             _gpu_support[key] = _probe_gpus(client, image)
@@ -429,7 +437,7 @@ def gpu_support(client: docker.DockerClient, image: str, *, fresh: bool = False)
 
 def forget_gpu_support(client: docker.DockerClient) -> None:
     """Ask the daemon again at the next start: it refused GPUs that it was thought to give."""
-    _gpu_support.pop(str(client.api.base_url), None)
+    _gpu_support.pop(engine_key(client), None)
 
 
 def _probe_gpus(client: docker.DockerClient, image: str) -> GpuSupport:
@@ -745,12 +753,12 @@ def leave_behind(client: docker.DockerClient, container_id: str) -> None:
     stop = _watches.get(container_id)
     if stop is not None:
         stop.set()
-    _left_behind.setdefault(str(client.api.base_url), set()).add(container_id)
+    _left_behind.setdefault(engine_key(client), set()).add(container_id)
 
 
 def remove_left_behind(client: docker.DockerClient) -> None:
     """Remove the containers that could not be removed earlier, now that the daemon answers."""
-    left = _left_behind.get(str(client.api.base_url), set())
+    left = _left_behind.get(engine_key(client), set())
     for container_id in list(left):
         remove_container(client, container_id)
         left.discard(container_id)

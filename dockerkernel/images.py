@@ -220,7 +220,7 @@ def build(
     labels: dict[str, str] | None = None,
 ) -> None:
     """``docker build`` of ``context``, showing its output; an error names ``what`` and the failed step."""
-    with docker_ops._untimed_api(client.api.api_version) as api, docker_ops._daemon_errors():
+    with docker_ops._untimed_api(client) as api, docker_ops._daemon_errors():
         try:
             for chunk in api.build(
                 path=context,

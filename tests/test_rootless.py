@@ -25,7 +25,8 @@ from typing import Any
 import docker
 import pytest
 
-from dockerkernel.spec import GPUS_AUTO_ON_CPU, LABEL_KERNEL_ID
+from dockerkernel import docker_ops
+from dockerkernel.spec import GPUS_AUTO_ON_CPU, LABEL_KERNEL_ID, Engine
 
 from conftest import IMAGES, PYTHONS, as_user
 from waiting import wait_until_sync
@@ -190,3 +191,10 @@ def test_auto_gpus_run_on_the_cpu_of_a_rootless_engine_without_gpus(
     url = request.getfixturevalue(engine)
     session = user_session(["--image", IMAGES["py3"], "--gpus", "auto"], ["pass"], DOCKER_HOST=url)
     assert session.outputs == [GPUS_AUTO_ON_CPU + "\n"]
+
+
+def test_engines_on_unix_sockets_are_told_apart(podman: str) -> None:
+    """The Docker SDK names every unix socket 'localhost': what is kept per engine must not mix them."""
+    assert docker_ops.engine_of(docker_ops.get_client()) == Engine(podman=False, rootless=False)
+    assert docker_ops.engine_of(docker_ops.get_client(podman)) == Engine(podman=True, rootless=True)
+    assert docker_ops.engine_key(docker_ops.get_client(podman)) == podman
