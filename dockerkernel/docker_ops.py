@@ -345,7 +345,8 @@ def ensure_isolated_network(client: docker.DockerClient, name: str, uid: int) ->
     either. Ports published on the host's loopback still reach each kernel.
     Returns the network's id. Docker does not make names unique: two
     processes that create it at once both succeed. All of them then use the
-    oldest one, by id, and the others are removed where no container uses them.
+    oldest one (by creation time, then id), and the others are removed where no
+    container uses them.
     """
     key = (engine_key(client), name)
     if key in _networks:
