@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -290,16 +291,17 @@ def test_processes_that_make_a_users_network_at_once_end_up_on_one(
 
 
 def test_a_user_outside_the_docker_group_is_told_how_to_get_access(
-    docker_client: docker.DockerClient, tmp_path: Path
+    docker_client: docker.DockerClient,
 ) -> None:
     if os.geteuid() != 0:
         pytest.fail("running as another user needs root: run the suite with tests/run.sh as root")
-    os.chmod(tmp_path, 0o777)
     nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8"}
-    done = subprocess.run(
-        [*nobody, sys.executable, "-m", "dockerkernel", "ps"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="dockerkernel-nobody-") as home:  # one that nobody can write
+        os.chmod(home, 0o777)
+        env = {"PATH": os.environ["PATH"], "HOME": home, "LANG": "C.UTF-8"}
+        done = subprocess.run(
+            [*nobody, sys.executable, "-m", "dockerkernel", "ps"],
+            env=env, cwd=home, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
     sentence = errors.DOCKER_UNREACHABLE.format(reason="permission denied on the Docker socket")
     assert (done.returncode, done.stdout, done.stderr) == (1, "", f"dockerkernel: {sentence}\n")
