@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_start.py [--runs N]     # as root: it starts a dockerd in a namespace
 
-Times start_kernel() until the kernel answers, for a kernelspec with gpus
+Times start_kernel() until the kernel answers (startup.py's start_once), for a kernelspec with gpus
 'none' and one with gpus '1', alternately, in the host's network namespace.
 The first GPU start of a process also asks the daemon for its GPUs (a probe
 container running nvidia-smi); later ones take the allocation lock, list the
@@ -28,28 +28,18 @@ from gpu_host import simulated_gpu_host  # noqa: E402
 
 IMAGE = "dockerkernel-test/py3"
 
-# Run in the host's namespace, where the kernels' ports are.
+# Run in the host's namespace, where the kernels' ports are; start_once() is startup.py's.
 TIMER = """
-import asyncio, json, sys, time
-from jupyter_client.manager import AsyncKernelManager
-
-async def start(name):
-    km = AsyncKernelManager(kernel_name=name)
-    t0 = time.perf_counter()
-    await km.start_kernel(cwd=sys.argv[2])
-    kc = km.client()
-    kc.start_channels()
-    await kc.wait_for_ready(timeout=120)
-    took = time.perf_counter() - t0
-    kc.stop_channels()
-    await km.shutdown_kernel()
-    return took
+import asyncio, json, sys
+sys.path.insert(0, sys.argv[3])
+from startup import start_once
 
 async def main():
-    times = {"first": [await start("gpu-one")], "none": [], "one": []}
+    ready = lambda name: start_once(name, sys.argv[2])
+    times = {"first": [(await ready("gpu-one"))[0]], "none": [], "one": []}
     for _ in range(int(sys.argv[1])):
-        times["none"].append(await start("gpu-none"))
-        times["one"].append(await start("gpu-one"))
+        times["none"].append((await ready("gpu-none"))[0])
+        times["one"].append((await ready("gpu-one"))[0])
     print(json.dumps(times))
 
 asyncio.run(main())
@@ -68,7 +58,7 @@ def main() -> None:
                 [sys.executable, "-m", "dockerkernel", *install], env=env, check=True, capture_output=True
             )
         done = subprocess.run(
-            host.enter([sys.executable, "-c", TIMER, str(args.runs), work]),
+            host.enter([sys.executable, "-c", TIMER, str(args.runs), work, str(Path(__file__).parent)]),
             env=env, capture_output=True, text=True, check=True,
         )  # fmt: skip
     times = json.loads(done.stdout.splitlines()[-1])

@@ -29,7 +29,7 @@ from docker.models.containers import Container, _create_container_args
 from docker.utils import kwargs_from_env, parse_repository_tag
 
 from . import errors, gpus
-from .errors import DockerKernelError, PortTaken
+from .errors import DockerKernelError, GpusUnavailable, PortTaken
 from .gpus import Gpu, GpuSupport, Holding
 from .pulls import PullLog
 from .spec import (
@@ -352,14 +352,15 @@ def ensure_isolated_network(client: docker.DockerClient, name: str, uid: int) ->
     if key in _networks:
         return _networks[key]
     with _daemon_errors():
-        if not client.api.networks(names=[name]):
+        found = [n for n in client.api.networks(names=[name]) if n["Name"] == name]
+        if not found:
             client.api.create_network(
                 name,
                 driver="bridge",
                 options={"com.docker.network.bridge.enable_icc": "false"},
                 labels={LABEL_NETWORK_OF: str(uid)},
             )
-        found = [n for n in client.api.networks(names=[name]) if n["Name"] == name]
+            found = [n for n in client.api.networks(names=[name]) if n["Name"] == name]
         oldest, *others = sorted(found, key=lambda n: (_created(n["Created"]), n["Id"]))
         for other in others:
             with _gone_is_fine():  # 409: in use, by a container of a process that chose it just before
@@ -378,7 +379,7 @@ def _created(stamp: str) -> str:
 def _start_error(plan: ContainerPlan, e: APIError) -> DockerKernelError:
     reason = _reason(e)
     if "could not select device driver" in reason and "gpu" in reason:
-        return DockerKernelError(errors.GPUS_UNAVAILABLE.format(gpus=plan.gpus))
+        return GpusUnavailable(errors.GPUS_UNAVAILABLE.format(gpus=plan.gpus))
     if "executable file not found" in reason or ("exec:" in reason and "no such file" in reason):
         command = plan.create_kwargs["command"][0]
         return DockerKernelError(errors.KERNEL_CMD_NOT_FOUND.format(image=plan.image, command=command))
@@ -576,20 +577,17 @@ def place_kernel_gpus(
     A count is chosen under the daemon's GPU lock, which this start holds
     until its container exists, so that two starts never choose the same GPU.
     """
-    support = gpu_support(client, plan.image)
-    counted = plan.gpus.isdigit() and bool(support.with_inventory(plan.gpu_inventory).gpus)
-    lock = GpuLock(client, plan.image) if counted else None
+    support = gpu_support(client, plan.image).with_inventory(plan.gpu_inventory)
+    lock = GpuLock(client, plan.image) if plan.gpus.isdigit() and support.gpus else None
     with lock or nullcontext():
-        inventory = support.with_inventory(plan.gpu_inventory).gpus
-        holdings = gpu_holdings(client, inventory) if plan.gpus != "none" and support.available else []
+        holdings = gpu_holdings(client, support.gpus) if support.available else []
         plan = place_gpus(plan, support, holdings, podman=engine_of(client).podman)
         if plan.notice:
             (kernel_log.warning if plan.notice_stream == "stderr" else kernel_log.info)("%s", plan.notice)
         try:
             return start_container(client, plan, created=lock.release if lock else None)
-        except DockerKernelError as e:
-            if str(e) == errors.GPUS_UNAVAILABLE.format(gpus=plan.gpus):
-                forget_gpu_support(client)  # it refused after all: ask again next time
+        except GpusUnavailable:
+            forget_gpu_support(client)  # it refused after all: ask again next time
             raise
 
 

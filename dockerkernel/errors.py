@@ -15,6 +15,10 @@ class PortTaken(DockerKernelError):
     """Another program took a kernel port between its choice and the container's start."""
 
 
+class GpusUnavailable(DockerKernelError):
+    """The daemon refused a container its GPUs (GPUS_UNAVAILABLE)."""
+
+
 DOCKER_UNREACHABLE = (
     "Cannot reach the Docker daemon ({reason}): start Docker, or give your user "
     "access to it (for example by adding it to the 'docker' group)."

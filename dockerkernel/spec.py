@@ -20,7 +20,7 @@ from docker.types import DeviceRequest, Mount
 
 from . import errors
 from . import gpus as gpus_mod
-from .errors import DockerKernelError
+from .errors import DockerKernelError, GpusUnavailable
 from .identity import Identity, merge_group, merge_passwd
 from .settings import DockerSettings, parse_volume
 
@@ -418,7 +418,7 @@ def place_gpus(
     if not support.available:
         if setting == "auto":
             return with_notice(plan, GPUS_AUTO_ON_CPU)
-        raise DockerKernelError(errors.GPUS_UNAVAILABLE.format(gpus=setting))
+        raise GpusUnavailable(errors.GPUS_UNAVAILABLE.format(gpus=setting))
     support = support.with_inventory(plan.gpu_inventory)
     inventory = support.gpus
     notice, stream = "", "stdout"
@@ -428,7 +428,7 @@ def place_gpus(
         held = [g.id for g in inventory] or ["all"]
     elif setting.startswith("device="):
         ids = setting[len("device=") :].split(",")
-        held = list(gpus_mod.held_ids(",".join(ids), inventory))
+        held = list(gpus_mod.held_ids(setting[len("device=") :], inventory))
         known_ids = {g.id for g in inventory}
         unknown = [i for i in held if known_ids and i not in known_ids and not i.startswith("mig-")]
         if unknown:
