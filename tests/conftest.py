@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from dockerkernel.cli import main as cli_main
 from dockerkernel.spec import LABEL_KERNEL_ID, LABEL_NETWORK_OF
 
 from servers import JupyterServer
+from waiting import wait_until_sync
 
 IMAGES = {"py3": "dockerkernel-test/py3", "py2": "dockerkernel-test/py2", "torch": "dockerkernel-test/torch"}
 PYTHONS = {"py3": "python3", "py2": "python", "torch": "python3"}
@@ -314,16 +314,17 @@ def registry(
     )
     log = open(root / "registry.log", "wb")
     process = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=log, stderr=log)
+
+    def listening() -> bool:
+        assert process.poll() is None, (root / "registry.log").read_text()
+        try:
+            socket.create_connection(address.split(":"), timeout=1).close()  # type: ignore[arg-type]
+            return True
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(address.split(":"), timeout=1).close()  # type: ignore[arg-type]
-                break
-            except OSError:
-                assert process.poll() is None, (root / "registry.log").read_text()
-                assert time.monotonic() < deadline, "the registry did not start listening"
-                time.sleep(0.05)
+        wait_until_sync(listening, "the registry to listen", timeout=30)
         # The py3 image plus a layer of its own, so that a pull has something to download.
         image = f"{address}/dockerkernel-test/pullable:1"
         dockerfile = f"FROM {IMAGES['py3']}\nRUN head -c 20000000 /dev/urandom > /opt/pull-test-blob\n"

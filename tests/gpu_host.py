@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import docker
 import requests
+
+from waiting import wait_until_sync
 
 HOOK = Path(__file__).with_name("simgpu") / "nvidia-container-runtime-hook"
 
@@ -126,12 +127,12 @@ def _remove(
 
 def _wait_for_daemon(socket_path: Path, daemon: subprocess.Popen[bytes], log: Path) -> None:
     """Wait until the daemon accepts connections on its socket."""
-    deadline = time.monotonic() + 60
-    while True:
-        if socket_path.exists():
-            with socket.socket(socket.AF_UNIX) as probe:
-                if probe.connect_ex(str(socket_path)) == 0:
-                    return
-        if daemon.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"the GPU host's dockerd did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
+
+    def listening() -> bool:
+        assert daemon.poll() is None, f"the GPU host's dockerd exited:\n{log.read_text()[-3000:]}"
+        if not socket_path.exists():
+            return False
+        with socket.socket(socket.AF_UNIX) as probe:
+            return probe.connect_ex(str(socket_path)) == 0
+
+    wait_until_sync(listening, "the GPU host's dockerd to listen on its socket")

@@ -19,6 +19,8 @@ from jupyter_client.session import Session
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from waiting import wait_until
+
 
 class JupyterServer:
     """``python -m jupyter_server`` (or ``jupyterlab``) on a free loopback port."""
@@ -49,28 +51,37 @@ class JupyterServer:
 
     async def started(self, timeout: float = 60) -> JupyterServer:
         """Wait until the server has written its runtime file and answers /api/status."""
-        deadline = time.monotonic() + timeout
-        while not self.url:
-            self._check_alive(deadline, "write its runtime file")
+
+        def wrote_runtime_file() -> bool:
+            self._check_alive()
             if self.info_file.exists():
                 try:
                     self.url = f"http://127.0.0.1:{json.loads(self.info_file.read_text())['port']}"
                 except ValueError:  # half written
                     pass
-            await asyncio.sleep(0.05)
-        while True:
+            return bool(self.url)
+
+        async def answers() -> bool:
+            self._check_alive()
             try:
                 await self.api("GET", "/api/status")
-                return self
+                return True
             except (ConnectionError, HTTPClientError):
-                self._check_alive(deadline, "answer /api/status")
-                await asyncio.sleep(0.05)
+                return False
 
-    def _check_alive(self, deadline: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            await wait_until(wrote_runtime_file, "the Jupyter server to write its runtime file", timeout)
+            await wait_until(answers, "the Jupyter server to answer /api/status", deadline - time.monotonic())
+        except AssertionError as e:
+            if "timed out" not in str(e):
+                raise  # it exited: the message has its log already
+            raise AssertionError(f"{e}:\n{self.log()}") from None
+        return self
+
+    def _check_alive(self) -> None:
         if self.process.poll() is not None:
             raise AssertionError(f"the Jupyter server exited ({self.process.returncode}):\n{self.log()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the Jupyter server did not {what} in time:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
