@@ -192,7 +192,14 @@ async def test_a_session_deleted_with_the_daemon_down_ends_and_its_container_goe
     daemon: Daemon,
 ) -> None:
     """DELETE answers, the kernel and its ports are let go; the container that could not be
-    removed is removed by the server at its next kernel start on that daemon."""
+    removed is removed by the server at its next kernel start on that daemon.
+
+    With live-restore, so that the kernel runs on while the daemon is down: without it, the
+    daemon's stop kills the kernel, and the server's restarter may be restarting it when the
+    DELETE comes, which jupyter_client's MultiKernelManager answers with a 500 for any kernel.
+    """
+    daemon.stop()
+    daemon.start("--live-restore")
     name = install_test_kernel("py3")
     server = await jupyter_server(notebook_dir.parent)
     body = {"path": "project/nb.ipynb", "type": "notebook", "kernel": {"name": name}}
@@ -206,7 +213,7 @@ async def test_a_session_deleted_with_the_daemon_down_ends_and_its_container_goe
     assert await server.api("GET", "/api/kernels") == []
     assert f"its container {first.id[:12]} is left behind" in server.log()
 
-    daemon.start()
+    daemon.start("--live-restore")
     later = await server.api("POST", "/api/sessions", {**body, "path": "project/later.ipynb"})
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(first.id)
