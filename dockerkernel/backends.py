@@ -10,6 +10,7 @@ removes it and finds the orphans of servers that are gone. Its methods block
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -17,8 +18,11 @@ from typing import Any, Protocol
 
 from jupyter_client.connect import KernelConnectionInfo
 
-from . import docker_ops
+from . import docker_ops, errors
+from .errors import DockerKernelError
+from .hosts import DockerHost
 from .spec import ContainerPlan
+from .ssh import SshHost
 
 KernelLog = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -36,6 +40,9 @@ class Backend(Protocol):
         self, plan: ContainerPlan, pull_policy: str, log: KernelLog, cancelled: threading.Event
     ) -> Launched:
         """Pull as ``pull_policy`` says and start the planned kernel; nothing once ``cancelled``."""
+
+    def publish_ip(self) -> str:
+        """The address on the kernel's host where its ports are published."""
 
     def endpoints(self, connection_info: KernelConnectionInfo) -> KernelConnectionInfo:
         """Where the server connects to the kernel whose container has ``connection_info``."""
@@ -57,26 +64,55 @@ class Backend(Protocol):
 
 
 class ContainerBackend:
-    """Kernels as containers of one Docker engine of this machine: ``docker_host`` (a unix://
-    URL), or, for '', the one DOCKER_HOST names, else the local one.
+    """Kernels as containers of one Docker engine (see hosts.py for the kinds of host).
 
-    The container publishes the kernel's ports on the engine host's loopback,
-    which is the server's: its endpoints are the connection's own.
+    On this machine's engines, and over ssh://, the server connects to the
+    kernel's ports on this machine's loopback: the container publishes them on
+    its host's loopback, and over ssh:// they are forwarded here (ssh.py). On a
+    tcp:// host, they are published on the host's own address, for channels
+    encrypted with CurveZMQ.
     """
 
-    def __init__(self, docker_host: str = "") -> None:
-        self.docker_host = docker_host
+    def __init__(self, host: DockerHost | str = "") -> None:
+        self.host = DockerHost(host) if isinstance(host, str) else host
+        self._forwarded: dict[str, list[int]] = {}  # over ssh://: each container's ports
+        self._publish_ip = ""
 
     def _client(self) -> Any:
-        return docker_ops.get_client(self.docker_host)
+        return docker_ops.get_client(self.host)
+
+    def publish_ip(self) -> str:
+        """The address of the Docker host on which the kernel's ports are published."""
+        if self.host.scheme != "tcp":
+            return "127.0.0.1"
+        if not self._publish_ip:
+            try:
+                self._publish_ip = socket.gethostbyname(self.host.hostname)
+            except OSError as e:
+                reason = f"{self.host.hostname} is not a known host name ({e})"
+                raise DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=reason)) from None
+        return self._publish_ip
 
     def launch(
         self, plan: ContainerPlan, pull_policy: str, log: KernelLog, cancelled: threading.Event
     ) -> Launched:
-        container_id, exit_status = docker_ops.run_kernel_container(plan, pull_policy, log, cancelled)
+        ports = [int(binding[1]) for binding in plan.create_kwargs.get("ports", {}).values()]
+        tunnel = SshHost.of(self.host.url) if self.host.scheme == "ssh" else None
+        if tunnel is not None:
+            tunnel.forward(ports)  # first: a port taken here is tried again with others
+        try:
+            container_id, exit_status = docker_ops.run_kernel_container(plan, pull_policy, log, cancelled)
+        except BaseException:
+            if tunnel is not None:
+                tunnel.unforward(ports)
+            raise
+        if tunnel is not None:
+            self._forwarded[container_id] = ports
         return Launched(container_id, exit_status)
 
     def endpoints(self, connection_info: KernelConnectionInfo) -> KernelConnectionInfo:
+        if self.host.scheme == "tcp":
+            return {**connection_info, "ip": self.publish_ip()}
         return connection_info
 
     def signal(self, handle: str, signum: int) -> None:
@@ -87,9 +123,16 @@ class ContainerBackend:
 
     def remove(self, handle: str) -> None:
         docker_ops.remove_container(self._client(), handle)
+        self._unforward(handle)
 
     def leave_behind(self, handle: str) -> None:
+        self._unforward(handle)
         docker_ops.leave_behind(self._client(), handle)
+
+    def _unforward(self, handle: str) -> None:
+        ports = self._forwarded.pop(handle, None)
+        if ports:
+            SshHost.of(self.host.url).unforward(ports)
 
     def prune_orphans(self) -> list[str]:
         return docker_ops.prune_orphans(self._client())

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from . import __version__, docker_ops, doctor, errors, images, kernelspec
 from .config import make_settings
 from .errors import DockerKernelError
+from .hosts import DockerHost
 from .pulls import PullBars
 from .settings import DEFAULT_KERNEL_CMD, DockerSettings
 from .spec import LABEL_GPUS, LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER_UID
@@ -47,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help=_help("image"))
     p.add_argument("--name", help="the kernelspec's name (default: the preset's, or one made from the image)")
     p.add_argument("--display-name", help="the name shown in Jupyter's kernel picker")
-    p.add_argument("--host", metavar="unix:///PATH", help=_help("docker_host"))
+    p.add_argument("--host", metavar="URL", help=_help("docker_host"))
+    p.add_argument("--tls-ca", metavar="PATH", help=_help("tls_ca"))
+    p.add_argument("--tls-cert", metavar="PATH", help=_help("tls_cert"))
+    p.add_argument("--tls-key", metavar="PATH", help=_help("tls_key"))
+    p.add_argument("--path-map", action="append", default=[], metavar="LOCAL=REMOTE", help=_help("path_map"))
     p.add_argument("--gpus", help=_help("gpus"))
     p.add_argument("--when-gpus-busy", choices=["share", "refuse"], help=_help("when_gpus_busy"))
     p.add_argument("--gpu-inventory", metavar="ID,ID,...", help=_help("gpu_inventory"))
@@ -153,6 +158,9 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
     for option, setting in (
         ("image", "image"),
         ("host", "docker_host"),
+        ("tls_ca", "tls_ca"),
+        ("tls_cert", "tls_cert"),
+        ("tls_key", "tls_key"),
         ("gpus", "gpus"),
         ("when_gpus_busy", "when_gpus_busy"),
         ("run_as", "user"),
@@ -170,6 +178,11 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
         config["gpu_inventory"] = [i.strip() for i in args.gpu_inventory.split(",") if i.strip()]
     if args.volume:
         config["volumes"] = config.get("volumes", []) + args.volume
+    for item in args.path_map:
+        local, sep, remote = item.partition("=")
+        if not sep or not local or not remote:
+            raise DockerKernelError(errors.INVALID_PATH_MAP.format(value=item))
+        config.setdefault("path_map", {})[local] = remote
     if args.python:
         config["kernel_cmd"] = [args.python] + DEFAULT_KERNEL_CMD[1:]
     for item in args.env:
@@ -184,10 +197,14 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
 
 def cmd_install(args: argparse.Namespace) -> int:
     name, display_name, config, env = install_settings(args)
-    make_settings(DockerSettings, config, name)  # a bad setting is refused before Docker is asked
+    # A bad setting is refused before Docker is asked.
+    host = make_settings(DockerSettings, config, name).host()
+    if host.scheme == "tcp":
+        if not all(host.tls_files):
+            raise DockerKernelError(errors.TLS_FILES_MISSING.format(host=host.url))
+        args.curve = True  # its channels cross the network: they must be encrypted
     prefix = sys.prefix if args.sys_prefix else args.prefix
     metadata: dict[str, Any] = {}
-    host = config.get("docker_host", "")
     if args.dockerfile:
         client = docker_ops.get_client(host)
         images.build_dockerfile(client, args.dockerfile, config["image"], _show)
@@ -197,7 +214,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         result = _pull(config["image"], "missing", host)
         print(result or f"Image {config['image']} is present.", file=sys.stderr)
     if args.dockerfile or not args.no_pull or _check_despite_no_pull(args, config["image"], host):
-        metadata = _make_kernel_ready(args, config)
+        metadata = _make_kernel_ready(args, config, host)
     path = kernelspec.install(
         name=name,
         display_name=display_name,
@@ -213,7 +230,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_despite_no_pull(args: argparse.Namespace, image: str, host: str) -> bool:
+def _check_despite_no_pull(args: argparse.Namespace, image: str, host: DockerHost) -> bool:
     """With --no-pull, whether a flag needs the image checked: it must be here, or the install is refused.
 
     Without such a flag, --no-pull checks nothing: the image may not exist yet.
@@ -235,9 +252,9 @@ def _show(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _make_kernel_ready(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any]:
+def _make_kernel_ready(args: argparse.Namespace, config: dict[str, Any], host: DockerHost) -> dict[str, Any]:
     """Probe the image; add ipykernel if asked and needed; the metadata to record."""
-    client = docker_ops.get_client(config.get("docker_host", ""))
+    client = docker_ops.get_client(host)
     python = config.get("kernel_cmd", DEFAULT_KERNEL_CMD)[0]
     image = config["image"]
     found = images.probe(client, image, python)
@@ -249,6 +266,10 @@ def _make_kernel_ready(args: argparse.Namespace, config: dict[str, Any]) -> dict
         config["pull_policy"] = "never"  # built here: there is nothing to pull
         metadata["base_image"] = image
         found = images.probe(client, config["image"], python)
+    if args.curve and not found.curve and host.scheme == "tcp":
+        raise DockerKernelError(
+            errors.TLS_NEEDS_CURVE.format(host=host.url, image=image, version=found.ipykernel)
+        )
     if args.curve and not found.curve:
         raise DockerKernelError(errors.CURVE_UNSUPPORTED.format(version=found.ipykernel, image=image))
     _show(f"Image {config['image']}: Python {found.python}, ipykernel {found.ipykernel}.")
@@ -256,7 +277,7 @@ def _make_kernel_ready(args: argparse.Namespace, config: dict[str, Any]) -> dict
     return metadata
 
 
-def _pull(image: str, pull_policy: str, host: str = "") -> str | None:
+def _pull(image: str, pull_policy: str, host: DockerHost | str = "") -> str | None:
     """Pull ``image`` on ``host`` if ``pull_policy`` asks for it, with progress bars; the final line,
     if pulled."""
     client = docker_ops.get_client(host)
@@ -271,7 +292,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     installed = {k.name: k for k in kernelspec.installed()}
     images = {name: k.image for name, k in installed.items()}
     images.update({name: p.config["image"] for name, p in kernelspec.presets().items() if name not in images})
-    host = installed[args.target].docker_host if args.target in installed else ""
+    host = installed[args.target].host if args.target in installed else DockerHost()
     print(_pull(images.get(args.target, args.target), "always", host))
     return 0
 
@@ -281,7 +302,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
     home = kernel.home if kernel is not None else ""
     if args.purge and kernel is not None and home:
         # First the home, which a running kernel may hold: then nothing is half removed.
-        removed = docker_ops.remove_home(docker_ops.get_client(kernel.docker_host), home)
+        removed = docker_ops.remove_home(docker_ops.get_client(kernel.host), home)
         print(f"Removed kernel home {home}" if removed else f"No kernel home {home} to remove")
     path = kernelspec.uninstall(args.name)
     print(f"Removed kernelspec {args.name} from {path}")
@@ -314,7 +335,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _per_host(what: Callable[[str], list[T]]) -> tuple[list[T], bool]:
+def _per_host(what: Callable[[DockerHost], list[T]]) -> tuple[list[T], bool]:
     """``what`` for each engine of the installed kernelspecs; whether every engine answered.
 
     With one engine, its error is the command's; with several, each unreachable
@@ -329,12 +350,12 @@ def _per_host(what: Callable[[str], list[T]]) -> tuple[list[T], bool]:
         except DockerKernelError as e:
             if len(hosts) == 1:
                 raise
-            print(f"dockerkernel: {host or 'the default engine'}: {e}", file=sys.stderr)
+            print(f"dockerkernel: {host}: {e}", file=sys.stderr)
             answered = False
     return results, answered
 
 
-def _container_rows(every_user: bool, host: str) -> list[dict[str, Any]]:
+def _container_rows(every_user: bool, host: DockerHost) -> list[dict[str, Any]]:
     mine = {} if every_user else {LABEL_OWNER_UID: str(os.getuid())}
     rows = []
     for c in docker_ops.kernel_containers(docker_ops.get_client(host), **mine):
@@ -350,7 +371,7 @@ def _container_rows(every_user: bool, host: str) -> list[dict[str, Any]]:
                 "gpus": c.labels.get(LABEL_GPUS, ""),
                 "owner": {True: "running", False: "gone", None: "unknown"}[alive],
                 "image": c.attrs.get("Config", {}).get("Image", ""),
-                "host": host,
+                "host": host.url,
             }
         )
     return rows

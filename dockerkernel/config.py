@@ -41,6 +41,10 @@ def check_launchable(settings: DockerSettings, kernel_name: str, cwd: str) -> No
         raise DockerKernelError(errors.NOTEBOOK_DIR_MISSING.format(path=cwd))
     if settings.mount not in ("auto", "notebook") and not _reachable(settings.mount):
         raise DockerKernelError(errors.MOUNT_MISSING.format(path=settings.mount, kernel=kernel_name))
+    if settings.host().scheme == "tcp" and not all(settings.host().tls_files):
+        raise DockerKernelError(errors.TLS_FILES_MISSING.format(host=settings.docker_host))
+    if settings.host().remote:
+        return  # the volumes' folders are the remote host's: Docker refuses one that is missing there
     for volume in settings.volumes:
         host = parse_volume(volume)[0]
         # Docker would create a missing host path, as an empty directory owned by root.

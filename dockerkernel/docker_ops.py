@@ -24,13 +24,16 @@ from typing import Any
 import docker
 import psutil
 import requests
+from docker.constants import DEFAULT_DOCKER_API_VERSION
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container, _create_container_args
+from docker.tls import TLSConfig
 from docker.utils import kwargs_from_env, parse_repository_tag
 
 from . import errors, gpus
 from .errors import DockerKernelError, GpusUnavailable, PortTaken
 from .gpus import Gpu, GpuSupport, Holding
+from .hosts import DockerHost
 from .pulls import PullLog
 from .spec import (
     LABEL_GPU_LOCK,
@@ -51,6 +54,7 @@ from .spec import (
     kernel_files_archive,
     place_gpus,
 )
+from .ssh import SshHost
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ def api_timeout() -> float:
         return API_TIMEOUT
 
 
-_clients: dict[str, docker.DockerClient] = {}  # by docker_host; '' for DOCKER_HOST's engine
+_clients: dict[DockerHost, docker.DockerClient] = {}
 _client_lock = threading.Lock()
 
 
@@ -97,24 +101,76 @@ def _reason(exc: BaseException) -> str:
     return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
 
 
-def get_client(docker_host: str = "") -> docker.DockerClient:
-    """The process's Docker client for ``docker_host``, made on first use.
+def get_client(host: DockerHost | str = "") -> docker.DockerClient:
+    """The process's Docker client for ``host``, made on first use.
 
-    ``docker_host`` is a kernelspec's setting: a unix:// URL, or '' for the
-    engine that DOCKER_HOST and friends name.
+    ``host`` is a kernelspec's Docker host (see hosts.py), or its docker_host
+    URL; '' is the engine that DOCKER_HOST and friends name.
     """
+    if isinstance(host, str):
+        host = DockerHost(host)
     with _client_lock:
-        if docker_host not in _clients:
-            try:
-                if docker_host:
-                    client = docker.DockerClient(base_url=docker_host, timeout=api_timeout())
-                else:
-                    client = docker.from_env(timeout=api_timeout())
-            except DockerException as e:
-                _release_frames(e)  # the SDK leaves the socket of a failed connection open
-                raise DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=_reason(e))) from e
-            _clients[docker_host] = client
-        return _clients[docker_host]
+        if host not in _clients:
+            _clients[host] = _new_client(host)
+        return _clients[host]
+
+
+def forget_clients() -> None:
+    """Close every client of this process, and the SSH connections under them."""
+    with _client_lock:
+        for client in _clients.values():
+            client.close()
+        _clients.clear()
+    SshHost.close_all()
+
+
+def _new_client(host: DockerHost) -> docker.DockerClient:
+    try:
+        if host.scheme == "ssh":
+            return docker.DockerClient(base_url=SshHost.of(host.url).docker_url(), timeout=api_timeout())
+        if host.scheme == "tcp":
+            return _tls_client(host)
+        if host.url:
+            return docker.DockerClient(base_url=host.url, timeout=api_timeout())
+        return docker.from_env(timeout=api_timeout())
+    except DockerException as e:
+        _release_frames(e)  # the SDK leaves the socket of a failed connection open
+        raise DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=_reason(e))) from e
+
+
+def _tls_client(host: DockerHost) -> docker.DockerClient:
+    """A client of a tcp:// host, whose certificates are checked against its CA and no other.
+
+    requests lets REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, where set, replace the
+    CA that the SDK gives it, and the daemon's certificate then fails to
+    verify. So the client is made without asking the daemon's version, told
+    not to take settings from the environment, and only then asks it.
+    """
+    client = docker.DockerClient(
+        base_url=host.url, tls=_tls_config(host), version=DEFAULT_DOCKER_API_VERSION, timeout=api_timeout()
+    )
+    client.api.trust_env = False
+    try:
+        client.api._version = str(client.api.version(api_version=False)["ApiVersion"])
+    except (requests.exceptions.RequestException, APIError) as e:
+        client.close()
+        raise DockerException(e) from e
+    return client
+
+
+def _tls_config(host: DockerHost) -> TLSConfig:
+    """Mutual TLS with verification, as `docker --tlsverify` does."""
+    if not all(host.tls_files):
+        raise DockerKernelError(errors.TLS_FILES_MISSING.format(host=host.url))
+    for path in host.tls_files:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise DockerKernelError(
+                errors.TLS_FILE_UNREADABLE.format(path=path, host=host.url, reason=e.strerror)
+            ) from None
+    return TLSConfig(client_cert=(host.tls_cert, host.tls_key), ca_cert=host.tls_ca, verify=True)
 
 
 def engine_key(client: docker.DockerClient) -> str:
@@ -247,11 +303,19 @@ def _untimed_api(client: docker.DockerClient) -> Iterator[docker.APIClient]:
     """A low-level client of its own to ``client``'s engine with no read timeout, for calls that may
     block for long."""
     engine = engine_key(client)
-    where = {"base_url": engine} if engine.startswith("unix://") else kwargs_from_env()
+    where: dict[str, Any]
+    if engine.startswith("unix://"):
+        where = {"base_url": engine}
+    elif client.api.cert:  # a tcp:// host: the same certificates, and only its CA (see _tls_client)
+        tls = TLSConfig(client_cert=client.api.cert, ca_cert=client.api.verify, verify=True)
+        where = {"base_url": engine, "tls": tls}
+    else:
+        where = kwargs_from_env()
     try:
         api = docker.APIClient(version=client.api.api_version, timeout=None, **where)
     except DockerException as e:
         raise DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=_reason(e))) from e
+    api.trust_env = client.api.trust_env
     try:
         yield api
     finally:
@@ -385,6 +449,9 @@ def _start_error(plan: ContainerPlan, e: APIError) -> DockerKernelError:
         return DockerKernelError(errors.KERNEL_CMD_NOT_FOUND.format(image=plan.image, command=command))
     if "address already in use" in reason or "port is already allocated" in reason:
         return PortTaken(errors.PORT_TAKEN.format(reason=reason))
+    if "bind source path does not exist" in reason:  # on another Docker host; this one's were checked
+        path = reason.rpartition(":")[2].strip()
+        return DockerKernelError(errors.FOLDER_NOT_ON_HOST.format(path=path, host=plan.host))
     if isinstance(e, ImageNotFound):
         return DockerKernelError(errors.IMAGE_UNAVAILABLE.format(image=plan.image, reason=reason))
     return DockerKernelError(errors.CONTAINER_START_FAILED.format(image=plan.image, reason=reason))
@@ -608,7 +675,7 @@ def run_kernel_container(
     ``kernel_log``. Once ``cancelled`` is set, no container is created.
     Returns the container id and a future for its exit status.
     """
-    client = get_client(plan.docker_host)
+    client = get_client(plan.host)
     plan = for_engine(plan, engine_of(client))
     remove_left_behind(client)
     if needs_pull(client, plan.image, pull_policy):

@@ -11,6 +11,7 @@ from jupyter_server.extension.config import ExtensionConfigManager
 
 from . import docker_ops, gpus, images, kernelspec
 from .errors import DockerKernelError
+from .hosts import DockerHost
 from .settings import DEFAULT_KERNEL_CMD
 
 
@@ -25,14 +26,19 @@ def run_checks() -> Iterator[Check]:
     """The checks, in order: each engine that kernelspecs use, then the server extension."""
     kernels = kernelspec.installed()
     for host in kernelspec.docker_hosts(kernels):
-        yield from engine_checks(host, [k for k in kernels if k.docker_host == host])
+        own = [k for k in kernels if k.host == host]
+        # GPUs where a kernel asks for them; on the default engine also where its kernels, or no
+        # kernel at all, might.
+        ask_gpus = any(k.gpus != "none" for k in own) or (not host.url and (bool(own) or not kernels))
+        yield from engine_checks(host, own, ask_gpus)
     yield extension_check()
 
 
-def engine_checks(host: str, kernels: list[kernelspec.InstalledKernel]) -> Iterator[Check]:
-    """The engine ``host`` ('' for DOCKER_HOST's), its GPUs and its kernels' images; the rest is
-    skipped when it cannot be reached."""
-    name = f"Docker daemon {host}" if host else "Docker daemon"
+def engine_checks(
+    host: DockerHost, kernels: list[kernelspec.InstalledKernel], ask_gpus: bool
+) -> Iterator[Check]:
+    """The engine ``host``, its GPUs and its kernels' images; the rest is skipped when it is unreachable."""
+    name = f"Docker daemon {host.url}" if host.url else "Docker daemon"
     try:
         client = docker_ops.get_client(host)
         with docker_ops._daemon_errors():
@@ -41,7 +47,7 @@ def engine_checks(host: str, kernels: list[kernelspec.InstalledKernel]) -> Itera
         yield Check(name, False, str(e))
         return
     yield Check(name, True, f"reachable, Docker {version['Version']} (API {version['ApiVersion']})")
-    if not host or any(k.gpus != "none" for k in kernels):
+    if ask_gpus:
         yield from gpu_checks(client, kernels)
     for kernel in kernels:
         yield kernel_check(client, kernel)

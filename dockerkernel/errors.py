@@ -168,3 +168,36 @@ PATH_NOT_YOURS = (
     "The host path '{path}' cannot be reached by your user (permission denied), so the kernel, "
     "which runs as you, could not use it: ask for access to it, or mount another folder."
 )
+SSH_UNREACHABLE = (
+    "Cannot reach the Docker host {host} over SSH ({reason}): check that `ssh {host} docker version` "
+    "works without a prompt (a key in ssh-agent or ~/.ssh, the host in ~/.ssh/known_hosts)."
+)
+TLS_FILES_MISSING = (
+    "The Docker host {host} is reached over TLS, which needs the CA, a client certificate and "
+    "its key: install with --tls-ca, --tls-cert and --tls-key, or reach the host with ssh://."
+)
+TLS_FILE_UNREADABLE = (
+    "Cannot read the TLS file '{path}' for the Docker host {host} ({reason}): give a file "
+    "that this user can read."
+)
+TLS_NEEDS_CURVE = (
+    "The kernel's channels to {host} would cross the network unencrypted: the ipykernel of "
+    "image '{image}' ({version}) has no CurveZMQ (ipykernel 7.3 or later does); use an image "
+    "with a newer ipykernel, or reach the host with ssh://, which carries the channels over SSH."
+)
+FOLDER_NOT_ON_HOST = (
+    "The folder '{path}' is not on the Docker host {host}: put it on storage that the host "
+    "shares at the same path, or map it to where the host has it with path_map "
+    "(`dockerkernel install --path-map LOCAL=REMOTE`)."
+)
+TLS_KERNELSPEC_NEEDS_CURVE = (
+    "Kernelspec '{kernel}' runs on {host}, whose kernel channels must be encrypted, but it does "
+    "not declare CurveZMQ support: install it again with `dockerkernel install --host {host} ...`, "
+    "which checks the image, or reach the host with ssh://."
+)
+INVALID_PATH_MAP = "Invalid --path-map '{value}': write it as LOCAL=REMOTE, two absolute paths."
+LAUNCHER_ON_TCP = (
+    "Kernelspec '{kernel}' runs on {host}, which this client cannot reach: it starts the "
+    "kernelspec's argv and ignores its provisioner. Use a Jupyter server, JupyterLab or nbclient, "
+    "or reach the host with ssh://."
+)

@@ -16,6 +16,7 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, _is_valid
 from . import errors
 from .config import make_settings
 from .errors import DockerKernelError
+from .hosts import DockerHost
 from .settings import DockerSettings
 from .spec import home_volume_name
 
@@ -33,7 +34,14 @@ class InstalledKernel:
     gpus: str
     path: str
     home: str  # the Docker volume that keeps this user's home for it; '' when it has none
-    docker_host: str = ""  # its engine: a unix:// URL, or '' for DOCKER_HOST's
+    docker_host: str = ""  # its engine (see hosts.py), or '' for DOCKER_HOST's
+    tls_ca: str = ""  # and, for a tcp:// one, the TLS files that reach it
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    @property
+    def host(self) -> DockerHost:
+        return DockerHost(self.docker_host, self.tls_ca, self.tls_cert, self.tls_key)
 
 
 @dataclass(frozen=True)
@@ -178,14 +186,18 @@ def installed(manager: KernelSpecManager | None = None) -> list[InstalledKernel]
                 path=entry["resource_dir"],
                 home=home_volume_name(os.getuid(), name) if has_home else "",
                 docker_host=config.get("docker_host", ""),
+                tls_ca=config.get("tls_ca", ""),
+                tls_cert=config.get("tls_cert", ""),
+                tls_key=config.get("tls_key", ""),
             )
         )
     return rows
 
 
-def docker_hosts(kernels: list[InstalledKernel]) -> list[str]:
-    """The engines that ``kernels`` run on: '' (DOCKER_HOST's) first, then each kernelspec's own."""
-    return ["", *sorted({k.docker_host for k in kernels} - {""})]
+def docker_hosts(kernels: list[InstalledKernel]) -> list[DockerHost]:
+    """The engines that ``kernels`` run on: DOCKER_HOST's first, then each kernelspec's own."""
+    default = DockerHost()
+    return [default, *sorted({k.host for k in kernels} - {default}, key=lambda h: h.url)]
 
 
 def config_of(name: str, manager: KernelSpecManager | None = None) -> dict[str, Any]:

@@ -25,8 +25,10 @@ from types import FrameType
 
 from jupyter_client.kernelspec import KernelSpec
 
-from . import docker_ops
+from . import docker_ops, errors
+from .backends import ContainerBackend
 from .config import check_launchable, make_settings
+from .errors import DockerKernelError
 from .identity import host_identity
 from .settings import DockerSettings
 from .spec import plan_container
@@ -78,6 +80,9 @@ def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] =
     settings = make_settings(DockerSettings, config, name)
     cwd = os.getcwd()
     check_launchable(settings, name, cwd)
+    if settings.host().scheme == "tcp":
+        # The client connects to this machine's loopback, unencrypted: it knows nothing of the host.
+        raise DockerKernelError(errors.LAUNCHER_ON_TCP.format(kernel=name, host=settings.docker_host))
     with open(connection_file) as f:
         connection_info = json.load(f)
 
@@ -95,18 +100,18 @@ def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] =
         identity=host_identity(),
         client_cwd=cwd,
     )
-    container_id, exit_status = docker_ops.run_kernel_container(plan, settings.pull_policy)
-    client = docker_ops.get_client(settings.docker_host)
+    backend = ContainerBackend(settings.host())
+    kernel = backend.launch(plan, settings.pull_policy, log, threading.Event())
     try:
 
         def forward(signum: int, frame: FrameType | None) -> None:
-            docker_ops.signal_container(client, container_id, signum)
+            backend.signal(kernel.handle, signum)
 
         for signum in FORWARDED_SIGNALS:
             signal.signal(signum, forward)
-        watch_parent(lambda: docker_ops.remove_container(client, container_id))
-        return exit_status.result()
+        watch_parent(lambda: backend.remove(kernel.handle))
+        return kernel.exit.result()
     finally:
         for signum in FORWARDED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
-        docker_ops.remove_container(client, container_id)
+        backend.remove(kernel.handle)

@@ -87,6 +87,9 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     _early_exit = ""  # why the last container's kernel died before it ever answered
     _fallback: subprocess.Popen[bytes] | None = None
     _start_error = ""  # found by pre_launch(), shown by the fallback kernel
+    _ip = (
+        "127.0.0.1"  # where the server reaches the kernel's ports: this machine's loopback, or a tcp:// host
+    )
 
     def __init__(self, **kwargs: Any) -> None:
         spec = kwargs.get("kernel_spec")
@@ -99,7 +102,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         except TraitError as e:
             raise DockerKernelError(errors.INVALID_SETTING.format(kernel=name, reason=e)) from e
         self.kernel_name = name
-        self.backend: Backend = ContainerBackend(self.docker_host)
+        self.backend: Backend = ContainerBackend(self.host())
 
     @property
     def has_process(self) -> bool:
@@ -169,7 +172,8 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         The plan is made afresh each time, from the settings and kwargs.
         """
         km: Any = self.parent  # the KernelManager
-        if km.transport != "tcp" or km.ip not in ("127.0.0.1", "localhost"):
+        # A tcp:// host's address is the KernelManager's after the first start: see launch_kernel().
+        if km.transport != "tcp" or km.ip not in ("127.0.0.1", "localhost", self._ip):
             raise DockerKernelError(errors.LOOPBACK_ONLY.format(ip=km.ip, transport=km.transport))
         cwd = os.path.abspath(os.fspath(kwargs.get("cwd") or os.getcwd()))
         self._start_error = ""
@@ -180,7 +184,9 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             # The same ports are kept across restarts, as for local kernels.
             self._choose_ports()
 
-        self._enable_curve_if_asked(km)
+        self._ip = await _in_thread(self.backend.publish_ip)
+        with self._deferred_if_fallback():
+            self._enable_curve_if_asked(km)
         extra_arguments = kwargs.pop("extra_arguments", [])
         kwargs = await super().pre_launch(**kwargs)  # applies the kernelspec's env substitutions
         env = kwargs.pop("env")
@@ -199,6 +205,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             # In a Jupyter server, the MappingKernelManager that made our KernelManager knows its root.
             server_root=getattr(km.parent, "root_dir", None) or None,
             client_cwd=os.getcwd(),
+            host_ip=self._ip,
         )
         with self._deferred_if_fallback():
             self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
@@ -219,13 +226,20 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         """Encrypt the kernel's channels with CurveZMQ, as the local provisioner does.
 
         When KernelManager.transport_encryption is 'required', or 'auto' and the
-        kernelspec declares 'curve' support (`dockerkernel install --curve`). The
-        keys go into the connection file, the kernel's copy included; they are
-        kept across restarts, like the session key.
+        kernelspec declares 'curve' support (`dockerkernel install --curve`), and
+        always on a tcp:// host, whose channels cross the network. The keys go
+        into the connection file, the kernel's copy included; they are kept
+        across restarts, like the session key.
         """
         policy = getattr(km, "_transport_encryption_policy", lambda: "disabled")()
         supported = getattr(km, "_kernel_supports_curve_encryption", lambda: False)()
-        if (policy == "required" or (policy == "auto" and supported)) and km.curve_publickey is None:
+        over_network = self.host().scheme == "tcp"
+        if over_network and not supported:
+            raise DockerKernelError(
+                errors.TLS_KERNELSPEC_NEEDS_CURVE.format(kernel=self.kernel_name, host=self.docker_host)
+            )
+        wanted = policy == "required" or (policy == "auto" and supported) or over_network
+        if wanted and km.curve_publickey is None:
             km.curve_publickey, km.curve_secretkey = zmq.curve_keypair()
 
     def _choose_ports(self) -> None:
@@ -328,7 +342,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         A kernel that exits without ever answering died during start-up: see cleanup().
         """
         context = zmq.asyncio.Context.instance()
-        address = f"tcp://127.0.0.1:{self.connection_info['hb_port']}"
+        address = f"tcp://{self._ip}:{self.connection_info['hb_port']}"
         while exit_status is not None and not exit_status.done():
             socket = context.socket(zmq.REQ)
             socket.linger = 0

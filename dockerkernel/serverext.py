@@ -38,8 +38,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
             try:
                 removed = ContainerBackend(host).prune_orphans()
             except DockerKernelError as e:
-                where = host or "the default engine"
-                log.warning("dockerkernel: could not look for orphaned kernel containers on %s: %s", where, e)
+                log.warning("dockerkernel: could not look for orphaned kernel containers on %s: %s", host, e)
                 continue
             if removed:
                 log.info("dockerkernel: removed %d kernel container(s) whose server is gone", len(removed))

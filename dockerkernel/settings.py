@@ -25,6 +25,8 @@ from traitlets import (
 )
 from traitlets.config import LoggingConfigurable
 
+from .hosts import DockerHost, check_url
+
 DEFAULT_KERNEL_CMD = ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 
 # A Docker image reference: [registry[:port]/]path[:tag][@digest].
@@ -105,9 +107,25 @@ class DockerSettings(LoggingConfigurable):
 
     docker_host = Unicode(
         "",
-        help="""The Docker engine that runs the kernel, as a unix:// socket of this
-        machine, e.g. 'unix:///run/user/1000/podman/podman.sock' for your rootless
-        Podman. Empty: the one DOCKER_HOST names, else the local Docker.""",
+        help="""The Docker engine that runs the kernel: 'ssh://user@host' (the
+        kernel's channels go over SSH), 'tcp://host:2376' (TLS; see tls_ca, and the
+        channels are encrypted with CurveZMQ), or a socket of this machine such as
+        'unix:///run/user/1000/podman/podman.sock' for your rootless Podman. Empty:
+        the one DOCKER_HOST names, else the local Docker. On another host, the
+        notebook's folder must be at the same path (shared storage), or in path_map.""",
+    ).tag(config=True)
+
+    tls_ca = Unicode(help="For a tcp:// docker_host: the CA certificate that signed the daemon's.").tag(
+        config=True
+    )
+    tls_cert = Unicode(help="For a tcp:// docker_host: this client's certificate.").tag(config=True)
+    tls_key = Unicode(help="For a tcp:// docker_host: this client's private key.").tag(config=True)
+
+    path_map = Dict(
+        value_trait=Unicode(),
+        help="""Where folders of this machine are on a remote Docker host, as
+        {"local prefix": "remote prefix"}, e.g. {"/home": "/nfs/home"}: the
+        kernel's folders are mounted from the remote path at their local path.""",
     ).tag(config=True)
 
     gpus = Unicode(
@@ -235,14 +253,21 @@ class DockerSettings(LoggingConfigurable):
 
     @validate("docker_host")
     def _valid_docker_host(self, proposal: Any) -> str:
-        value = str(proposal["value"]).strip()
-        if value and not (value.startswith("unix:///") and len(value) > len("unix:///")):
-            raise TraitError(
-                f"invalid docker_host {value!r}: use a socket of this machine such as "
-                "unix:///run/user/1000/podman/podman.sock (engines on other hosts, ssh:// and "
-                "tcp://, are not supported yet)"
-            )
-        return value
+        try:
+            return check_url(str(proposal["value"]))
+        except ValueError as e:
+            raise TraitError(str(e)) from None
+
+    @validate("path_map")
+    def _valid_path_map(self, proposal: Any) -> dict[str, str]:
+        for local, remote in proposal["value"].items():
+            if not (local.startswith("/") and remote.startswith("/")):
+                raise TraitError(f"invalid path_map entry {local!r}: {remote!r}: give two absolute paths")
+        return dict(proposal["value"])
+
+    def host(self) -> DockerHost:
+        """The Docker host that runs the kernel, with what it takes to reach it."""
+        return DockerHost(self.docker_host, self.tls_ca, self.tls_cert, self.tls_key)
 
     @validate("gpus")
     def _valid_gpus(self, proposal: Any) -> str:

@@ -21,6 +21,7 @@ from docker.types import DeviceRequest, Mount
 from . import errors
 from . import gpus as gpus_mod
 from .errors import DockerKernelError, GpusUnavailable
+from .hosts import DockerHost, map_path
 from .identity import Identity, merge_group, merge_passwd
 from .settings import DockerSettings, parse_volume
 
@@ -142,7 +143,7 @@ class ContainerPlan:
     connection: dict[str, Any]
     file_owner: tuple[int, int] | None  # uid, gid of the files copied in; None: any user
     gpus: str  # the normalised gpus setting
-    docker_host: str = ""  # the engine that runs it: a unix:// URL, or '' for DOCKER_HOST's
+    host: DockerHost = DockerHost()  # the Docker host that runs it
     when_gpus_busy: str = "share"  # the setting: 'share' or 'refuse'
     gpu_inventory: tuple[str, ...] = ()  # the setting: the host's GPU ids, where nvidia-smi cannot list them
     notice: str = ""  # shown in the notebook at the first execution
@@ -281,9 +282,10 @@ def plan_mounts(
 
     Mount objects, not colon-joined strings: any folder name works, colons
     included, and a missing host folder is an error instead of a folder
-    that Docker would create as root.
+    that Docker would create as root. A folder is mounted at its own path,
+    from where the Docker host has it (``settings.path_map``).
     """
-    mounts = [Mount(target=f, source=f, type="bind") for f in folders]
+    mounts = [Mount(target=f, source=map_path(f, settings.path_map), type="bind") for f in folders]
     for volume in settings.volumes:
         host, target, mode = parse_volume(volume)
         mounts.append(Mount(target=target, source=host, type="bind", read_only=mode == "ro"))
@@ -388,7 +390,7 @@ def plan_container(
         connection=container_connection(connection_info, settings.network),
         file_owner=(kernel_user.uid, kernel_user.gid) if kernel_user is not None else None,
         gpus=settings.gpus,
-        docker_host=settings.docker_host,
+        host=settings.host(),
         when_gpus_busy=settings.when_gpus_busy,
         gpu_inventory=tuple(settings.gpu_inventory),
         identity=kernel_user,

@@ -63,12 +63,12 @@ def test_volumes() -> None:
         ("cpus", -1.0, "use a positive number"),
         ("environment", {"BAD NAME": "x"}, "invalid environment variable name"),
         ("pull_policy", "sometimes", "pull_policy"),
-        (
-            "docker_host",
-            "tcp://gpu-3:2376",
-            "engines on other hosts, ssh:// and tcp://, are not supported yet",
-        ),
-        ("docker_host", "unix://", "use a socket of this machine"),
+        ("docker_host", "unix://", "use ssh://user@host, tcp://host:2376"),
+        ("docker_host", "http://gpu-3", "use ssh://user@host"),
+        ("docker_host", "ssh://gpu-3/var/run/docker.sock", "use ssh://user@host"),
+        ("docker_host", "tcp://alice@gpu-3:2376", "a tcp:// address has no user"),
+        ("docker_host", "tcp://gpu-3:docker", "use ssh://user@host"),
+        ("path_map", {"home": "/nfs/home"}, "give two absolute paths"),
         ("when_gpus_busy", "wait", "when_gpus_busy"),
     ],
 )
