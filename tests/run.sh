@@ -5,7 +5,8 @@
 #   bash tests/run.sh [PYTEST_ARGS...]
 #
 # As root it installs Debian packages (docker.io, debootstrap, python3-venv,
-# chromium, docker-registry, podman, rootlesskit, iproute2 and their helpers), starts dockerd if no engine
+# chromium, docker-registry, podman, rootlesskit, iproute2, openssh-server,
+# openssl and their helpers), starts dockerd if no engine
 # answers and creates an ordinary user in the docker group and a data group for
 # the non-root and rootless Podman tests. The test virtualenv, built with Debian's
 # Python so that that user can run it too, and the image build caches live in
@@ -44,6 +45,9 @@ command -v slirp4netns >/dev/null || missing+=(slirp4netns)
 command -v rootlesskit >/dev/null || missing+=(rootlesskit)  # rootless Docker (docker.io's dockerd-rootless.sh)
 command -v ip >/dev/null || missing+=(iproute2)  # the simulated GPU host's network namespace
 command -v nsenter >/dev/null || missing+=(util-linux)
+# The remote test host: sshd beside its dockerd, and TLS certificates made with openssl.
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     as_root "the Debian packages ${missing[*]}"
     log "installing ${missing[*]}"
