@@ -1,13 +1,15 @@
-"""Start time of a kernel on a remote Docker host, next to a local one, measured in one run.
+"""Start time of a kernel on a remote Docker host and on a swarm, next to a local one, in one run.
 
     python benchmarks/remote_start.py [--runs N]     # as root: it starts a namespaced host with sshd
 
 The remote host is the tests' (tests/remote_host.py): a dockerd in a network
 namespace at its veth address, with sshd beside it, reached over ssh:// and
-over tcp:// with TLS. Times start_kernel() until the kernel answers, then one
-execution (startup.py's start_once), for the same image on this machine's
-engine, over ssh:// and over tcp://, in turn. Prints the medians and the
-medians of the pairwise ratios against the local kernel.
+over tcp:// with TLS; it also joins this machine's dockerd in a two-node swarm
+(tests/swarm_cluster.py), left again at the end. Times start_kernel() until the
+kernel answers, then one execution (startup.py's start_once), for the same
+image on this machine's engine, over ssh://, over tcp://, and as a swarm
+service placed on the worker, in turn. Prints the medians and the medians of
+the pairwise ratios against the local kernel.
 """
 
 from __future__ import annotations

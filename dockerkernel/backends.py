@@ -10,16 +10,16 @@ removes it and finds the orphans of servers that are gone. Its methods block
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from jupyter_client.connect import KernelConnectionInfo
-
-from . import docker_ops, errors
-from .errors import DockerKernelError
+from . import docker_ops, errors, swarm
+from .errors import DockerKernelError, NotSignalable
 from .hosts import DockerHost
 from .spec import ContainerPlan
 from .ssh import SshHost
@@ -31,8 +31,9 @@ KernelLog = logging.Logger | logging.LoggerAdapter[Any]
 class Launched:
     """A kernel's container, as its backend started it."""
 
-    handle: str  # what the backend knows it by: a container id
+    handle: str  # what the backend knows it by: a container id, a service id
     exit: Future[int]  # its exit status once it exited, or -1 once it is gone
+    ip: str = "127.0.0.1"  # where the server connects to its ports
 
 
 class Backend(Protocol):
@@ -44,11 +45,11 @@ class Backend(Protocol):
     def publish_ip(self) -> str:
         """The address on the kernel's host where its ports are published."""
 
-    def endpoints(self, connection_info: KernelConnectionInfo) -> KernelConnectionInfo:
-        """Where the server connects to the kernel whose container has ``connection_info``."""
-
     def signal(self, handle: str, signum: int) -> None:
-        """Send ``signum`` to the kernel; one that has exited, or is gone, is fine."""
+        """Send ``signum`` to the kernel; one that has exited, or is gone, is fine.
+
+        NotSignalable when the backend cannot reach the kernel's process.
+        """
 
     def last_words(self, handle: str) -> str:
         """The last line the kernel wrote, to tell why it exited."""
@@ -108,12 +109,7 @@ class ContainerBackend:
             raise
         if tunnel is not None:
             self._forwarded[container_id] = ports
-        return Launched(container_id, exit_status)
-
-    def endpoints(self, connection_info: KernelConnectionInfo) -> KernelConnectionInfo:
-        if self.host.scheme == "tcp":
-            return {**connection_info, "ip": self.publish_ip()}
-        return connection_info
+        return Launched(container_id, exit_status, self.publish_ip())
 
     def signal(self, handle: str, signum: int) -> None:
         docker_ops.signal_container(self._client(), handle, signum)
@@ -136,3 +132,83 @@ class ContainerBackend:
 
     def prune_orphans(self) -> list[str]:
         return docker_ops.prune_orphans(self._client())
+
+
+class SwarmBackend:
+    """Kernels as services of the Docker Swarm that ``host`` manages (see swarm.py).
+
+    The server connects to the kernel's ports on the node its task runs on,
+    published there in host mode, with CurveZMQ on. Signals reach the kernel
+    where the task runs on the manager itself; elsewhere an interrupt is sent as
+    a message (NotSignalable), and a kill or terminate removes the service.
+    """
+
+    def __init__(self, host: DockerHost, constraints: list[str], gpu_kind: str, start_timeout: float) -> None:
+        self.host = host
+        self.constraints = constraints
+        self.gpu_kind = gpu_kind
+        self.start_timeout = start_timeout
+        self._placed: dict[str, swarm.Placed] = {}
+        self._watches: dict[str, threading.Event] = {}
+        self._manager = ""  # the node id of the manager that docker_host names
+
+    def _client(self) -> Any:
+        return docker_ops.get_client(self.host)
+
+    def publish_ip(self) -> str:
+        return "0.0.0.0"  # host mode publishes on every address of the node
+
+    def launch(
+        self, plan: ContainerPlan, pull_policy: str, log: KernelLog, cancelled: threading.Event
+    ) -> Launched:
+        client = self._client()
+        placed = swarm.place_kernel(
+            client, plan, self.constraints, self.gpu_kind, self.start_timeout, cancelled
+        )
+        exit_status, stop = swarm.watch_task(client, placed.service_id)
+        self._placed[placed.service_id] = placed
+        self._watches[placed.service_id] = stop
+        log.info("Kernel %s: the swarm placed it at %s", plan.create_kwargs["name"], placed.node_address)
+        return Launched(placed.service_id, exit_status, placed.node_address)
+
+    def signal(self, handle: str, signum: int) -> None:
+        placed = self._placed.get(handle)
+        if placed is None:
+            return
+        client = self._client()
+        with docker_ops._daemon_errors():
+            here = client.info().get("Swarm", {}).get("NodeID")
+        if placed.node_id == here and placed.container_id:
+            docker_ops.signal_container(client, placed.container_id, signum)
+        elif signum == signal.SIGKILL:
+            self.remove(handle)
+        else:
+            raise NotSignalable(
+                f"the kernel runs on node {placed.node_address}, whose engine is not reachable"
+            )
+
+    def last_words(self, handle: str) -> str:
+        return swarm.last_log_line(self._client(), handle)
+
+    def remove(self, handle: str) -> None:
+        swarm.remove_kernel(self._client(), handle)
+        self._forget(handle)
+
+    def leave_behind(self, handle: str) -> None:
+        self._forget(handle)  # its server's reaper, or `dockerkernel prune`, removes it
+
+    def _forget(self, handle: str) -> None:
+        self._placed.pop(handle, None)
+        stop = self._watches.pop(handle, None)
+        if stop is not None:
+            stop.set()
+
+    def prune_orphans(self) -> list[str]:
+        return swarm.prune_orphans(self._client(), os.getuid())
+
+
+def prune_host(host: DockerHost) -> list[str]:
+    """Remove this user's kernels on ``host`` whose server or launcher is gone: containers, and
+    services where it manages a swarm. Their ids."""
+    client = docker_ops.get_client(host)
+    return docker_ops.prune_orphans(client) + swarm.prune_orphans(client, os.getuid())

@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any, TypeVar
 
-from . import __version__, docker_ops, doctor, errors, images, kernelspec
+from . import __version__, docker_ops, doctor, errors, images, kernelspec, swarm
+from .backends import prune_host
 from .config import make_settings
 from .errors import DockerKernelError
 from .hosts import DockerHost
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the kernelspec's name (default: the preset's, or one made from the image)")
     p.add_argument("--display-name", help="the name shown in Jupyter's kernel picker")
     p.add_argument("--host", metavar="URL", help=_help("docker_host"))
+    p.add_argument("--swarm", action="store_const", const="swarm", dest="backend", help=_help("backend"))
+    p.add_argument("--constraint", action="append", default=[], metavar="EXPR", help=_help("constraints"))
+    p.add_argument("--gpu-resource", metavar="KIND", help=_help("gpu_resource"))
     p.add_argument("--tls-ca", metavar="PATH", help=_help("tls_ca"))
     p.add_argument("--tls-cert", metavar="PATH", help=_help("tls_cert"))
     p.add_argument("--tls-key", metavar="PATH", help=_help("tls_key"))
@@ -158,6 +162,8 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
     for option, setting in (
         ("image", "image"),
         ("host", "docker_host"),
+        ("backend", "backend"),
+        ("gpu_resource", "gpu_resource"),
         ("tls_ca", "tls_ca"),
         ("tls_cert", "tls_cert"),
         ("tls_key", "tls_key"),
@@ -178,6 +184,8 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
         config["gpu_inventory"] = [i.strip() for i in args.gpu_inventory.split(",") if i.strip()]
     if args.volume:
         config["volumes"] = config.get("volumes", []) + args.volume
+    if args.constraint:
+        config["constraints"] = config.get("constraints", []) + args.constraint
     for item in args.path_map:
         local, sep, remote = item.partition("=")
         if not sep or not local or not remote:
@@ -198,10 +206,11 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
 def cmd_install(args: argparse.Namespace) -> int:
     name, display_name, config, env = install_settings(args)
     # A bad setting is refused before Docker is asked.
-    host = make_settings(DockerSettings, config, name).host()
-    if host.scheme == "tcp":
-        if not all(host.tls_files):
-            raise DockerKernelError(errors.TLS_FILES_MISSING.format(host=host.url))
+    settings = make_settings(DockerSettings, config, name)
+    host = settings.host()
+    if host.scheme == "tcp" and not all(host.tls_files):
+        raise DockerKernelError(errors.TLS_FILES_MISSING.format(host=host.url))
+    if host.scheme == "tcp" or settings.backend == "swarm":
         args.curve = True  # its channels cross the network: they must be encrypted
     prefix = sys.prefix if args.sys_prefix else args.prefix
     metadata: dict[str, Any] = {}
@@ -266,9 +275,10 @@ def _make_kernel_ready(args: argparse.Namespace, config: dict[str, Any], host: D
         config["pull_policy"] = "never"  # built here: there is nothing to pull
         metadata["base_image"] = image
         found = images.probe(client, config["image"], python)
-    if args.curve and not found.curve and host.scheme == "tcp":
+    if args.curve and not found.curve and (host.scheme == "tcp" or config.get("backend") == "swarm"):
+        where = host.url if host.scheme == "tcp" else "the swarm's nodes"
         raise DockerKernelError(
-            errors.TLS_NEEDS_CURVE.format(host=host.url, image=image, version=found.ipykernel)
+            errors.TLS_NEEDS_CURVE.format(host=where, image=image, version=found.ipykernel)
         )
     if args.curve and not found.curve:
         raise DockerKernelError(errors.CURVE_UNSUPPORTED.format(version=found.ipykernel, image=image))
@@ -356,21 +366,32 @@ def _per_host(what: Callable[[DockerHost], list[T]]) -> tuple[list[T], bool]:
 
 
 def _container_rows(every_user: bool, host: DockerHost) -> list[dict[str, Any]]:
+    """A row per kernel on ``host``: its containers, and the services of a swarm that it manages."""
     mine = {} if every_user else {LABEL_OWNER_UID: str(os.getuid())}
+    client = docker_ops.get_client(host)
+    found = [
+        (c.short_id, c.status, c.labels, c.attrs.get("Config", {}).get("Image", ""))
+        for c in docker_ops.kernel_containers(client, **mine)
+        if "com.docker.swarm.service.id" not in c.labels  # its service's row says it
+    ]
+    for service in swarm.kernel_services(client, **mine):
+        spec = service["Spec"]
+        state = swarm.task_state(client, service["ID"])
+        image = spec["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]
+        found.append((service["ID"][:12], f"service, {state}", spec.get("Labels", {}), image))
     rows = []
-    for c in docker_ops.kernel_containers(docker_ops.get_client(host), **mine):
-        alive = docker_ops.owner_alive(c.labels)
+    for short_id, status, labels, image in found:
+        alive = docker_ops.owner_alive(labels)
         rows.append(
             {
-                "container": c.short_id,
-                "name": c.name,
-                "status": c.status,
-                "kernelspec": c.labels.get(LABEL_KERNELSPEC, ""),
-                "kernel_id": c.labels.get(LABEL_KERNEL_ID, ""),
-                "user": docker_ops.user_name(c.labels.get(LABEL_OWNER_UID, "")),
-                "gpus": c.labels.get(LABEL_GPUS, ""),
+                "container": short_id,
+                "status": status,
+                "kernelspec": labels.get(LABEL_KERNELSPEC, ""),
+                "kernel_id": labels.get(LABEL_KERNEL_ID, ""),
+                "user": docker_ops.user_name(labels.get(LABEL_OWNER_UID, "")),
+                "gpus": labels.get(LABEL_GPUS, ""),
                 "owner": {True: "running", False: "gone", None: "unknown"}[alive],
-                "image": c.attrs.get("Config", {}).get("Image", ""),
+                "image": image,
                 "host": host.url,
             }
         )
@@ -404,7 +425,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    pruned, answered = _per_host(lambda host: docker_ops.prune_orphans(docker_ops.get_client(host)))
+    pruned, answered = _per_host(prune_host)
     removed = len(pruned)
     print(f"Removed {removed} kernel container{'s' if removed != 1 else ''} whose owner is gone.")
     return 0 if answered else 1

@@ -15,6 +15,10 @@ class PortTaken(DockerKernelError):
     """Another program took a kernel port between its choice and the container's start."""
 
 
+class NotSignalable(DockerKernelError):
+    """The backend cannot reach the kernel's process to signal it."""
+
+
 class GpusUnavailable(DockerKernelError):
     """The daemon refused a container its GPUs (GPUS_UNAVAILABLE)."""
 
@@ -200,4 +204,16 @@ LAUNCHER_ON_TCP = (
     "Kernelspec '{kernel}' runs on {host}, which this client cannot reach: it starts the "
     "kernelspec's argv and ignores its provisioner. Use a Jupyter server, JupyterLab or nbclient, "
     "or reach the host with ssh://."
+)
+NOT_A_SWARM_MANAGER = (
+    "The Docker host is not a Swarm manager ({reason}): set docker_host to a manager of the "
+    "swarm, or install the kernel without --swarm."
+)
+SWARM_NOT_PLACED = (
+    "The swarm did not place the kernel within {timeout} s (it says: {reason}): free GPUs or "
+    "memory on a node, relax the kernelspec's constraints, or ask for less."
+)
+SWARM_TASK_FAILED = (
+    "The swarm could not start the kernel of image '{image}' ({reason}): check that every node "
+    "that may run it has the image, or can pull it, and the kernel's folders."
 )

@@ -80,9 +80,10 @@ def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] =
     settings = make_settings(DockerSettings, config, name)
     cwd = os.getcwd()
     check_launchable(settings, name, cwd)
-    if settings.host().scheme == "tcp":
+    if settings.host().scheme == "tcp" or settings.backend == "swarm":
         # The client connects to this machine's loopback, unencrypted: it knows nothing of the host.
-        raise DockerKernelError(errors.LAUNCHER_ON_TCP.format(kernel=name, host=settings.docker_host))
+        where = "a swarm" if settings.backend == "swarm" else settings.docker_host
+        raise DockerKernelError(errors.LAUNCHER_ON_TCP.format(kernel=name, host=where))
     with open(connection_file) as f:
         connection_info = json.load(f)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import os
 import signal
 import subprocess
@@ -25,9 +26,9 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, TraitError
 
 from . import docker_ops, errors, fallback
-from .backends import Backend, ContainerBackend, Launched
+from .backends import Backend, ContainerBackend, Launched, SwarmBackend
 from .config import check_launchable, check_setting_names
-from .errors import DockerKernelError, PortTaken
+from .errors import DockerKernelError, NotSignalable, PortTaken
 from .identity import host_identity
 from .settings import DockerSettings
 from .spec import PORT_NAMES, ContainerPlan, plan_container
@@ -102,7 +103,11 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         except TraitError as e:
             raise DockerKernelError(errors.INVALID_SETTING.format(kernel=name, reason=e)) from e
         self.kernel_name = name
-        self.backend: Backend = ContainerBackend(self.host())
+        self._backend: Backend = (
+            SwarmBackend(self.host(), list(self.constraints), self.gpu_resource, self.start_timeout)
+            if self.backend == "swarm"
+            else ContainerBackend(self.host())
+        )
 
     @property
     def has_process(self) -> bool:
@@ -142,12 +147,21 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
                 self._fallback.send_signal(signum)
         elif self.container_id is not None:
             try:
-                await _in_thread(self.backend.signal, self.container_id, signum)
+                await _in_thread(self._backend.signal, self.container_id, signum)
+            except NotSignalable as e:  # only ever for SIGINT
+                self.log.debug("Kernel %s: interrupted by a message: %s", self.kernel_id, e)
+                self._send_interrupt_request()
             except DockerKernelError as e:
                 # While stopping, cleanup() says what is left behind, once.
                 (self.log.debug if stopping else self.log.warning)(
                     "Kernel %s: signal %d not sent: %s", self.kernel_id, signum, e
                 )
+
+    def _send_interrupt_request(self) -> None:
+        """Interrupt as KernelManager does for kernelspecs whose interrupt_mode is 'message'."""
+        km: Any = self.parent
+        km._connect_control_socket()
+        km.session.send(km._control_socket, km.session.msg("interrupt_request", content={}))
 
     async def kill(self, restart: bool = False) -> None:
         """Called by KernelManager when a kernel does not shut down in time, and to restart a dead one."""
@@ -184,7 +198,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             # The same ports are kept across restarts, as for local kernels.
             self._choose_ports()
 
-        self._ip = await _in_thread(self.backend.publish_ip)
+        host_ip = await _in_thread(self._backend.publish_ip)
         with self._deferred_if_fallback():
             self._enable_curve_if_asked(km)
         extra_arguments = kwargs.pop("extra_arguments", [])
@@ -205,7 +219,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             # In a Jupyter server, the MappingKernelManager that made our KernelManager knows its root.
             server_root=getattr(km.parent, "root_dir", None) or None,
             client_cwd=os.getcwd(),
-            host_ip=self._ip,
+            host_ip=host_ip,
         )
         with self._deferred_if_fallback():
             self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
@@ -233,7 +247,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         """
         policy = getattr(km, "_transport_encryption_policy", lambda: "disabled")()
         supported = getattr(km, "_kernel_supports_curve_encryption", lambda: False)()
-        over_network = self.host().scheme == "tcp"
+        over_network = self.host().scheme == "tcp" or self.backend == "swarm"
         if over_network and not supported:
             raise DockerKernelError(
                 errors.TLS_KERNELSPEC_NEEDS_CURVE.format(kernel=self.kernel_name, host=self.docker_host)
@@ -269,14 +283,15 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
                 raise
             self.log.error("Kernel %s could not start: %s", self.kernel_id, e)
             self._start_fallback(str(e))
-            return self.connection_info
+            return {**self.connection_info, "ip": self._ip}
         self._kernel, self._exit, self.container_id = kernel, kernel.exit, kernel.handle
+        self._ip = kernel.ip
         self._state = KernelState.STARTING
         self.log.info(
             "Kernel %s runs in container %s (image %s)", self.kernel_id, kernel.handle[:12], self.image
         )
         self._heartbeat = asyncio.ensure_future(self._watch_heartbeat(kernel.exit))
-        return self.backend.endpoints(self.connection_info)
+        return {**self.connection_info, "ip": kernel.ip}
 
     async def _start_container(self) -> Launched:
         assert self._plan is not None
@@ -309,7 +324,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
 
         def run() -> None:
             try:
-                started.set_result(self.backend.launch(plan, self.pull_policy, self.log, cancelled))
+                started.set_result(self._backend.launch(plan, self.pull_policy, self.log, cancelled))
             except BaseException as e:
                 started.set_exception(e)
 
@@ -322,7 +337,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
                     container_id[:12],
                 )
                 try:
-                    self.backend.remove(container_id)
+                    self._backend.remove(container_id)
                 except DockerKernelError as e:
                     self.log.warning(
                         "Kernel %s: container %s is left behind: %s", self.kernel_id, container_id[:12], e
@@ -364,8 +379,17 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     def _start_fallback(self, message: str) -> None:
         """Run the fallback kernel on the host, on the kernel's ports; it shows ``message``."""
         km: Any = self.parent
+        self._ip = "127.0.0.1"  # on this machine, wherever the kernel would have run
+        connection_file = km.connection_file
+        if km.ip != self._ip:  # the last start's host: the fallback gets a file of its own
+            connection_file = f"{km.connection_file}.fallback.json"
+            info = {**self.connection_info, "ip": self._ip}
+            info["key"] = km.session.key.decode()
+            fd = os.open(connection_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(info, f)
         self._fallback = subprocess.Popen(
-            [sys.executable, "-m", "dockerkernel.fallback", "-f", km.connection_file],
+            [sys.executable, "-m", "dockerkernel.fallback", "-f", connection_file],
             env={**os.environ, fallback.MESSAGE_ENV: message},
             stdin=subprocess.DEVNULL,
         )
@@ -400,17 +424,19 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
                 if restart and starting and status is not None:
                     self._early_exit = await self._why_it_died(handle, status)
                     self.log.error("Kernel %s: %s", self.kernel_id, self._early_exit)
-                await _in_thread(self.backend.remove, handle)
+                await _in_thread(self._backend.remove, handle)
             except DockerKernelError as e:
                 # Best effort: the ports are given back all the same, and the container is
                 # removed at this process's next start on that daemon, or, once this process
                 # is gone, by `dockerkernel prune` or the next server's reaper.
                 with suppress(DockerKernelError):  # no client yet, and no daemon to make one
-                    await _in_thread(self.backend.leave_behind, handle)
+                    await _in_thread(self._backend.leave_behind, handle)
                 self.log.warning(
                     "Kernel %s: its container %s is left behind: %s", self.kernel_id, handle[:12], e
                 )
         self._state = KernelState.NONE
+        with suppress(OSError):  # written by _start_fallback() for a kernel of another host
+            os.remove(f"{self.parent.connection_file}.fallback.json")  # type: ignore[union-attr]
         if self._ports_cached and not restart:
             ports = LocalPortCache.instance()
             for port_name in PORT_NAMES:
@@ -422,7 +448,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         if status == 127 and self._plan is not None:  # the init process found no such command
             command = self._plan.create_kwargs["command"][0]
             return errors.KERNEL_CMD_NOT_FOUND.format(image=self.image, command=command)
-        reason = await _in_thread(self.backend.last_words, container_id)
+        reason = await _in_thread(self._backend.last_words, container_id)
         return errors.EXITED_DURING_STARTUP.format(image=self.image, status=status, reason=reason)
 
     async def get_provisioner_info(self) -> dict[str, Any]:

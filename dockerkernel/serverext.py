@@ -21,7 +21,7 @@ import threading
 from typing import Any
 
 from . import kernelspec
-from .backends import ContainerBackend
+from .backends import prune_host
 from .errors import DockerKernelError
 
 
@@ -36,7 +36,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     def prune() -> None:
         for host in kernelspec.docker_hosts(kernelspec.installed()):
             try:
-                removed = ContainerBackend(host).prune_orphans()
+                removed = prune_host(host)
             except DockerKernelError as e:
                 log.warning("dockerkernel: could not look for orphaned kernel containers on %s: %s", host, e)
                 continue

@@ -115,6 +115,34 @@ class DockerSettings(LoggingConfigurable):
         notebook's folder must be at the same path (shared storage), or in path_map.""",
     ).tag(config=True)
 
+    backend = CaselessStrEnum(
+        ["container", "swarm"],
+        default_value="container",
+        help="""Where the kernel runs: 'container' (a container of docker_host's engine)
+        or 'swarm' (a service of the Docker Swarm that docker_host manages, placed
+        on any node that meets the constraints; its channels are encrypted with
+        CurveZMQ).""",
+    ).tag(config=True)
+
+    constraints = List(
+        Unicode(),
+        help="""With backend 'swarm': placement constraints, as for `docker service
+        create --constraint`, e.g. ["node.labels.gpu==h200"].""",
+    ).tag(config=True)
+
+    gpu_resource = Unicode(
+        "NVIDIA-GPU",
+        help="""With backend 'swarm': the kind of generic resource that nodes advertise
+        their GPUs as (dockerd's node-generic-resources); a kernel asking for N GPUs
+        gets N of them.""",
+    ).tag(config=True)
+
+    start_timeout = Float(
+        60.0,
+        help="""With backend 'swarm': seconds the swarm may take to place and start the
+        kernel before the start fails with what the swarm said.""",
+    ).tag(config=True)
+
     tls_ca = Unicode(help="For a tcp:// docker_host: the CA certificate that signed the daemon's.").tag(
         config=True
     )
@@ -257,6 +285,12 @@ class DockerSettings(LoggingConfigurable):
             return check_url(str(proposal["value"]))
         except ValueError as e:
             raise TraitError(str(e)) from None
+
+    @validate("gpu_resource")
+    def _valid_gpu_resource(self, proposal: Any) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", proposal["value"]):
+            raise TraitError(f"invalid gpu_resource {proposal['value']!r}: use letters, digits, '-' and '_'")
+        return str(proposal["value"])
 
     @validate("path_map")
     def _valid_path_map(self, proposal: Any) -> dict[str, str]:

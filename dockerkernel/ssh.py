@@ -27,6 +27,7 @@ is refused, never accepted.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
 import os
@@ -56,19 +57,17 @@ _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
 
 
-def _run(coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-    """Run ``coroutine`` on the SSH event loop from any other thread, and wait for it."""
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on the SSH event loop from any other thread, and wait for it.
+
+    What it waits for is bounded: connecting by CONNECT_TIMEOUT, the rest is local.
+    """
     global _loop
     with _loop_lock:
         if _loop is None:
             _loop = asyncio.new_event_loop()
             threading.Thread(target=_loop.run_forever, name="dockerkernel-ssh", daemon=True).start()
-    future = asyncio.run_coroutine_threadsafe(coroutine, _loop)
-    try:
-        return future.result(timeout)
-    except TimeoutError:
-        future.cancel()
-        raise
+    return asyncio.run_coroutine_threadsafe(coroutine, _loop).result()
 
 
 class SshHost:
@@ -95,6 +94,7 @@ class SshHost:
         self._connecting: asyncio.Lock | None = None
         self._listeners: dict[int, asyncio.Server] = {}
         self._folder = tempfile.mkdtemp(prefix="dockerkernel-ssh-")  # mode 0700
+        atexit.register(shutil.rmtree, self._folder, True)
         self.docker_socket = os.path.join(self._folder, "docker.sock")
         self._api: asyncio.Server | None = None
         self._engine_socket: str | None = None  # the remote engine's unix socket, once known
@@ -104,7 +104,7 @@ class SshHost:
     def docker_url(self) -> str:
         """A unix:// URL of this machine that reaches the host's Docker API; connects first,
         so that an unreachable host is one sentence here rather than a reset later."""
-        return _run(self._serve_api())  # bounded by CONNECT_TIMEOUT
+        return _run(self._serve_api())
 
     def forward(self, ports: Iterable[int]) -> None:
         """Carry the host's loopback ``ports`` on the same ports of this machine's loopback.
@@ -170,7 +170,7 @@ class SshHost:
         return f"unix://{self.docker_socket}"
 
     async def _bridge_api(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One connection of the Docker SDK, carried by `docker system dial-stdio` on the host."""
+        """One connection of the Docker SDK, carried to the host's engine socket, else by dial-stdio."""
         try:
             connection = await self._connect()
             if self._engine_socket:

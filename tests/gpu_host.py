@@ -21,6 +21,7 @@ import docker
 from namespaced_host import NamespacedHost, namespaced_host
 
 HOOK = Path(__file__).with_name("simgpu") / "nvidia-container-runtime-hook"
+RUNTIME = HOOK.with_name("nvidia-container-runtime")  # for a swarm node's generic resources
 
 # index, uuid, name, memory (MiB), as nvidia-smi --query-gpu prints them.
 GPUS = [
@@ -32,9 +33,10 @@ GpuHost = NamespacedHost
 
 
 def install_hook(folder: Path) -> Path:
-    """The stand-in hook and its GPU list in ``folder``, which goes first on a dockerd's PATH."""
+    """The stand-in hook and runtime and the GPU list in ``folder``, which goes first on a dockerd's PATH."""
     folder.mkdir(exist_ok=True)
     shutil.copy(HOOK, folder / HOOK.name)
+    shutil.copy(RUNTIME, folder / RUNTIME.name)
     (folder / "gpus.csv").write_text("".join(", ".join(gpu) + "\n" for gpu in GPUS))
     return folder
 

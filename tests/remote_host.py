@@ -19,7 +19,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +72,18 @@ class RemoteHost:
 
 
 @contextmanager
-def remote_host(main: docker.DockerClient, images: Sequence[str], ssh_user: str) -> Iterator[RemoteHost]:
-    """Start the host with ``images``, reachable as ``ssh_user`` over ssh; remove it all afterwards."""
+def remote_host(
+    main: docker.DockerClient,
+    images: Sequence[str],
+    ssh_user: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    daemon_args: Sequence[str] = (),
+) -> Iterator[RemoteHost]:
+    """Start the host with ``images``, reachable as ``ssh_user`` over ssh; remove it all afterwards.
+
+    ``env`` and ``daemon_args`` go to its dockerd, as in namespaced_host().
+    """
     secrets = Path(tempfile.mkdtemp(prefix="dockerkernel-remote-", dir="/var/tmp"))
     sshd: subprocess.Popen[bytes] | None = None
     try:
@@ -86,7 +96,13 @@ def remote_host(main: docker.DockerClient, images: Sequence[str], ssh_user: str)
             "--tlskey", str(tls / "server-key.pem"),
         ]  # fmt: skip
         with namespaced_host(
-            main, images, prefix="dkrem", bip="10.215.0.1/24", subnet=SUBNET, daemon_args=tls_args
+            main,
+            images,
+            prefix="dkrem",
+            bip="10.215.0.1/24",
+            subnet=SUBNET,
+            env=env,
+            daemon_args=[*tls_args, *daemon_args],
         ) as host:
             assert host.address == ADDRESS
             home = _client_home(secrets)

@@ -8,6 +8,7 @@ import tarfile
 from typing import Any
 
 import pytest
+from docker.types import SecretReference
 
 from dockerkernel import errors
 from dockerkernel.errors import DockerKernelError
@@ -34,6 +35,7 @@ from dockerkernel.spec import (
     place_gpus,
     plan_container,
 )
+from dockerkernel.swarm import SECRET_FILE, service_kwargs
 
 CONNECTION = {
     "transport": "tcp",
@@ -318,3 +320,32 @@ def test_kernel_files_belong_to_the_kernel_user_and_are_private() -> None:
         assert members["dockerkernel/home"].mode == 0o700
         data = json.loads(tar.extractfile(conn).read())  # type: ignore[union-attr]
     assert data["ip"] == "0.0.0.0" and data["key"] == "secret-key"
+
+
+def test_a_swarm_service_keeps_the_plan_and_never_restarts() -> None:
+    settings = DockerSettings(image="img", gpus="2", mem_limit="4g", volumes=["/data:/data:ro"])
+    the_plan = plan(settings)
+    secret = SecretReference("sid", "sname", filename=SECRET_FILE, uid="1000", gid="100", mode=0o400)
+    kwargs = service_kwargs(the_plan, secret, ["node.labels.gpu==h200"], "NVIDIA-GPU")
+    assert kwargs["args"][:2] == ["sh", "-c"] and kwargs["args"][3:] == [
+        "sh",
+        *the_plan.create_kwargs["command"],
+    ]
+    assert kwargs["restart_policy"]["Condition"] == "none"
+    assert kwargs["endpoint_spec"]["Mode"] == "dnsrr"
+    assert {
+        (p["PublishedPort"], p["TargetPort"], p["PublishMode"]) for p in kwargs["endpoint_spec"]["Ports"]
+    } == {(p, p, "host") for p in range(50001, 50006)}
+    assert kwargs["constraints"] == ["node.labels.gpu==h200"]
+    assert kwargs["resources"]["Reservations"]["GenericResources"] == [
+        {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 2}}
+    ]
+    assert kwargs["labels"] == kwargs["container_labels"] == the_plan.create_kwargs["labels"]
+    assert (kwargs["user"], kwargs["workdir"]) == ("1000:100", "/home/me/notebooks")
+    # The folders, and a tmpfs for the connection file and home; no home volume, which is one node's.
+    assert [(m["Type"], m["Target"]) for m in kwargs["mounts"]] == [
+        ("bind", "/home/me/notebooks"),
+        ("bind", "/data"),
+        ("tmpfs", "/dockerkernel/run"),
+    ]
+    assert "HOME=/dockerkernel/run/home" in kwargs["env"]

@@ -1,0 +1,287 @@
+"""Kernels as Docker Swarm services: one service per kernel, placed by the swarm.
+
+The container plan becomes a service with restart policy 'none', so that the
+swarm never restarts a kernel behind Jupyter's back, and one replica. Its
+connection file reaches the task as a Swarm secret of its own, which a few
+lines of sh copy to a writable tmpfs before the kernel starts (ipykernel
+before 6.25 rewrites its connection file, and a secret is read-only): no
+launcher in the image. The kernel's ports are published in host mode on the
+node the task lands on, never through the routing mesh (which drops idle
+connections), with CurveZMQ on: the server connects to that node's address.
+
+Like docker_ops, these are synchronous calls over the Docker SDK, to the
+manager that ``docker_host`` names; the provisioner runs them in threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import docker
+from docker.errors import APIError, NotFound
+from docker.types import EndpointSpec, Mount, Resources, RestartPolicy, SecretReference
+
+from . import errors
+from .docker_ops import StartCancelled, _daemon_errors, _reason, owner_alive
+from .errors import DockerKernelError
+from .spec import CONTAINER_CONNECTION_FILE, LABEL_KERNEL_ID, LABEL_OWNER_UID, PORT_NAMES, ContainerPlan
+
+log = logging.getLogger(__name__)
+
+SECRET_FILE = "dockerkernel-connection"  # its name under /run/secrets in the task
+RUN_DIR = CONTAINER_CONNECTION_FILE.rsplit("/", 1)[0]
+SWARM_HOME = f"{RUN_DIR}/home"  # on the tmpfs: a node's volumes are not the next start's
+POLL = 0.5  # seconds between looks at a task's state
+# A task in one of these states will not run (again).
+ENDED = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
+
+# Run by the image's sh, before the kernel: copy the connection file where the kernel may rewrite it.
+PRELUDE = (
+    f'umask 077 && cp /run/secrets/{SECRET_FILE} {CONTAINER_CONNECTION_FILE} && mkdir -p "$HOME" && exec "$@"'
+)
+# And first, for a GPU kernel: the GPUs that the swarm gave the task, named as for `docker run --gpus`.
+# They are in DOCKER_RESOURCE_<KIND>, a name that sh does not pass on (it has a '-'): read from
+# sh's own environment.
+GPU_PRELUDE = (
+    "g=$(tr '\\0' '\\n' < /proc/$$/environ | sed -n 's/^DOCKER_RESOURCE_{kind}=//p') && "
+    '{{ [ -z "$g" ] || export NVIDIA_VISIBLE_DEVICES="$g"; }} && '
+)
+
+
+class Placed:
+    """A kernel's service, once its task runs."""
+
+    def __init__(self, service_id: str, secret_id: str, node_address: str, container_id: str, node_id: str):
+        self.service_id = service_id
+        self.secret_id = secret_id
+        self.node_address = node_address
+        self.container_id = container_id
+        self.node_id = node_id
+
+
+def service_kwargs(
+    plan: ContainerPlan, secret: SecretReference, constraints: list[str], gpu_kind: str
+) -> dict[str, Any]:
+    """The service for ``plan``: the same image, command, user, folders, labels and limits."""
+    create = plan.create_kwargs
+    labels = dict(create["labels"])
+    environment = {**create["environment"], "HOME": SWARM_HOME}
+    mounts = [m for m in create.get("mounts", []) if m["Type"] == "bind"]  # a home volume would be one node's
+    mounts.append(Mount(target=RUN_DIR, source=None, type="tmpfs", tmpfs_mode=0o1777))
+    ports = {int(p): (int(p), "tcp", "host") for p in (plan.connection[name] for name in PORT_NAMES)}
+    resources: dict[str, Any] = {}
+    if create.get("mem_limit"):
+        resources["mem_limit"] = create["mem_limit"]
+    if create.get("nano_cpus"):
+        resources["cpu_limit"] = create["nano_cpus"]
+    prelude = PRELUDE
+    if plan.gpus.isdigit():
+        resources["generic_resources"] = {gpu_kind: int(plan.gpus)}
+        prelude = GPU_PRELUDE.format(kind=gpu_kind) + prelude
+    kwargs: dict[str, Any] = {
+        "image": plan.image,
+        "args": ["sh", "-c", prelude, "sh", *create["command"]],
+        "name": create["name"],
+        "labels": labels,
+        "container_labels": labels,
+        "env": [f"{k}={v}" for k, v in environment.items()],
+        "workdir": create["working_dir"],
+        "mounts": mounts,
+        "secrets": [secret],
+        "init": True,
+        "restart_policy": RestartPolicy(condition="none"),
+        "endpoint_spec": EndpointSpec(mode="dnsrr", ports=ports),
+        "constraints": list(constraints),
+    }
+    if resources:
+        kwargs["resources"] = Resources(**resources)
+    if "user" in create:
+        kwargs["user"] = create["user"]
+        kwargs["groups"] = create.get("group_add", [])
+    return kwargs
+
+
+def place_kernel(
+    client: docker.DockerClient,
+    plan: ContainerPlan,
+    constraints: list[str],
+    gpu_kind: str,
+    timeout: float,
+    cancelled: threading.Event,
+) -> Placed:
+    """Create the kernel's secret and service and wait until its task runs, at most ``timeout`` s.
+
+    A task that cannot be placed, or fails to start, is one sentence; the
+    service and secret are then removed again.
+    """
+    uid, gid = plan.file_owner or (0, 0)
+    name = plan.create_kwargs["name"]
+    with _daemon_errors():
+        try:
+            secret = client.secrets.create(
+                name=f"{name}-{secrets.token_hex(4)}",
+                data=json.dumps(plan.connection).encode(),
+                labels=plan.create_kwargs["labels"],
+            )
+        except APIError as e:
+            raise _swarm_error(e) from e
+        reference = SecretReference(
+            secret.id, secret.name, filename=SECRET_FILE, uid=str(uid), gid=str(gid), mode=0o400
+        )
+        try:
+            service = client.services.create(**service_kwargs(plan, reference, constraints, gpu_kind))
+        except BaseException as e:
+            _remove_secret(client, secret.id)
+            if isinstance(e, APIError):
+                raise DockerKernelError(
+                    errors.CONTAINER_START_FAILED.format(image=plan.image, reason=_reason(e))
+                ) from e
+            raise
+    try:
+        return _wait_until_running(client, service.id, secret.id, plan, timeout, cancelled)
+    except BaseException:
+        remove_kernel(client, service.id)
+        raise
+
+
+def _wait_until_running(
+    client: docker.DockerClient,
+    service_id: str,
+    secret_id: str,
+    plan: ContainerPlan,
+    timeout: float,
+    cancelled: threading.Event,
+) -> Placed:
+    deadline = time.monotonic() + timeout
+    said = ""
+    while True:
+        task = _task(client, service_id)
+        if task is not None:
+            status = task["Status"]
+            state = status["State"]
+            said = status.get("Err") or status.get("Message") or state
+            if state == "running":
+                node_id = task["NodeID"]
+                container_id = status.get("ContainerStatus", {}).get("ContainerID", "")
+                return Placed(service_id, secret_id, node_address(client, node_id), container_id, node_id)
+            if state in ENDED:
+                raise DockerKernelError(errors.SWARM_TASK_FAILED.format(image=plan.image, reason=said))
+        if time.monotonic() > deadline:
+            raise DockerKernelError(errors.SWARM_NOT_PLACED.format(timeout=f"{timeout:g}", reason=said))
+        if cancelled.wait(POLL):
+            raise StartCancelled(plan.image)
+
+
+def _task(client: docker.DockerClient, service_id: str) -> dict[str, Any] | None:
+    """The service's newest task, or None before it has one."""
+    with _daemon_errors():
+        tasks = client.api.tasks(filters={"service": service_id})
+    return max(tasks, key=lambda t: t["CreatedAt"]) if tasks else None
+
+
+def task_state(client: docker.DockerClient, service_id: str) -> str:
+    """The state of the service's newest task: 'running', 'pending', 'failed'..."""
+    task = _task(client, service_id)
+    return str(task["Status"]["State"]) if task is not None else "no task"
+
+
+def node_address(client: docker.DockerClient, node_id: str) -> str:
+    """The address that a node advertises to the swarm: where its host-mode ports are."""
+    with _daemon_errors():
+        node = client.api.inspect_node(node_id)
+    address = str(node.get("Status", {}).get("Addr", ""))
+    if address in ("", "0.0.0.0"):  # a manager may report this; its manager address is right
+        address = str(node.get("ManagerStatus", {}).get("Addr", "")).rsplit(":", 1)[0]
+    return address
+
+
+def watch_task(client: docker.DockerClient, service_id: str) -> tuple[Future[int], threading.Event]:
+    """A future for the exit status of the service's task (-1 when it is gone), and an event that
+    ends the watch. A manager that cannot be reached for a while is not an exit."""
+    future: Future[int] = Future()
+    future.set_running_or_notify_cancel()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(POLL):
+            try:
+                task = _task(client, service_id)
+            except DockerKernelError:
+                continue  # lost sight of it: look again
+            except NotFound:
+                break
+            if task is None:
+                break
+            status = task["Status"]
+            if status["State"] in ENDED:
+                future.set_result(int(status.get("ContainerStatus", {}).get("ExitCode", -1)))
+                return
+        future.set_result(-1)
+
+    threading.Thread(target=watch, name=f"dockerkernel-task-{service_id[:12]}", daemon=True).start()
+    return future, stop
+
+
+def remove_kernel(client: docker.DockerClient, service_id: str) -> None:
+    """Remove the kernel's service, which stops its task, and then its secret."""
+    with _daemon_errors():
+        try:
+            service = client.api.inspect_service(service_id)
+        except NotFound:
+            return
+        spec = service["Spec"]["TaskTemplate"]["ContainerSpec"]
+        try:
+            client.api.remove_service(service_id)
+        except NotFound:
+            pass
+        for secret in spec.get("Secrets", []):
+            _remove_secret(client, secret["SecretID"])
+
+
+def _remove_secret(client: docker.DockerClient, secret_id: str) -> None:
+    try:
+        client.api.remove_secret(secret_id)
+    except NotFound:
+        pass
+
+
+def last_log_line(client: docker.DockerClient, service_id: str) -> str:
+    with _daemon_errors():
+        try:
+            lines = b"".join(client.api.service_logs(service_id, stdout=True, stderr=True, tail=5))
+        except APIError as e:
+            return _reason(e)
+    text = lines.decode(errors="replace").strip().splitlines()
+    return text[-1] if text else "no output"
+
+
+def kernel_services(client: docker.DockerClient, **label_filters: str) -> list[dict[str, Any]]:
+    """The kernel services of the swarm that ``client``'s engine manages; none where it manages none."""
+    labels = [LABEL_KERNEL_ID] + [f"{k}={v}" for k, v in label_filters.items()]
+    with _daemon_errors():
+        if client.info().get("Swarm", {}).get("ControlAvailable") is not True:
+            return []
+        return list(client.api.services(filters={"label": labels}))
+
+
+def prune_orphans(client: docker.DockerClient, uid: int) -> list[str]:
+    """Remove ``uid``'s kernel services whose server or launcher is gone; their ids."""
+    removed = []
+    for service in kernel_services(client, **{LABEL_OWNER_UID: str(uid)}):
+        if owner_alive(service["Spec"].get("Labels", {})) is False:
+            remove_kernel(client, service["ID"])
+            removed.append(str(service["ID"]))
+    return removed
+
+
+def _swarm_error(e: APIError) -> DockerKernelError:
+    reason = _reason(e)
+    if "not a swarm manager" in reason or "This node is not a swarm manager" in reason:
+        return DockerKernelError(errors.NOT_A_SWARM_MANAGER.format(reason=reason))
+    return DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=reason))
