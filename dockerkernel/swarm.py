@@ -228,11 +228,17 @@ def watch_task(client: docker.DockerClient, service_id: str) -> tuple[Future[int
     return future, stop
 
 
-def remove_kernel(client: docker.DockerClient, service_id: str) -> None:
-    """Remove the kernel's service, which stops its task, and then its secret."""
+def remove_kernel(client: docker.DockerClient, service_id: str, wait: float = 30) -> None:
+    """Remove the kernel's service, which stops its task, and then its secret.
+
+    Where the task ran on the node that ``client`` talks to, waits up to
+    ``wait`` s for its container to be gone, as for a container kernel; another
+    node removes its own in its own time.
+    """
     with _daemon_errors():
         try:
             service = client.api.inspect_service(service_id)
+            task = _task(client, service_id)
         except NotFound:
             return
         spec = service["Spec"]["TaskTemplate"]["ContainerSpec"]
@@ -242,6 +248,16 @@ def remove_kernel(client: docker.DockerClient, service_id: str) -> None:
             pass
         for secret in spec.get("Secrets", []):
             _remove_secret(client, secret["SecretID"])
+        container_id = (task or {}).get("Status", {}).get("ContainerStatus", {}).get("ContainerID")
+        if not container_id or (task or {}).get("NodeID") != client.info()["Swarm"].get("NodeID"):
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                client.api.inspect_container(container_id)
+            except NotFound:
+                return
+            time.sleep(POLL / 5)
 
 
 def _remove_secret(client: docker.DockerClient, secret_id: str) -> None:

@@ -16,14 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import psutil
 import pytest
 import zmq
+from jupyter_client.manager import AsyncKernelManager
+from traitlets.config import Config
 
 from dockerkernel import docker_ops, errors
-from dockerkernel.spec import LABEL_KERNEL_ID
+from dockerkernel.spec import LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER_PID
 
 from conftest import IMAGES, CliResult, Kernel
 from remote_host import ADDRESS, RemoteHost, remote_host
+from waiting import wait_until_sync
 
 pytestmark = pytest.mark.docker
 
@@ -273,4 +277,61 @@ def test_an_ssh_host_that_cannot_be_trusted_is_one_sentence(
     assert result.code == 1
     assert result.err.splitlines()[-1] == "dockerkernel: " + errors.SSH_UNREACHABLE.format(
         host=remote.ssh_url, reason="its host key is not in known_hosts"
+    )
+
+
+async def test_a_server_wide_docker_host_runs_kernels_of_kernelspecs_that_name_none(
+    on_remote: RemoteHost, dockerkernel: Callable[..., CliResult], notebook_dir: Path
+) -> None:
+    """c.DockerProvisioner.docker_host in the server's config; a kernelspec's own would win."""
+    assert dockerkernel("install", "--image", IMAGES["py3"], "--name", "plain", "--no-pull").code == 0
+    config = Config({"DockerProvisioner": {"docker_host": on_remote.ssh_url}})
+    kernel = Kernel(AsyncKernelManager(kernel_name="plain", config=config))
+    try:
+        await kernel.start(cwd=str(notebook_dir))
+        assert [c.id for c in remote_containers(on_remote, kernel)] == [kernel.container_id]
+        assert (await kernel.execute("print(1 + 1)")).stdout == "2\n"
+    finally:
+        await kernel.shutdown()
+    assert not remote_containers(on_remote, kernel)
+
+
+async def test_a_client_without_the_provisioner_runs_an_ssh_kernel_through_the_launcher(
+    on_remote: RemoteHost, dockerkernel: Callable[..., CliResult], notebook_dir: Path
+) -> None:
+    """The argv's launcher forwards the kernel's ports over SSH too, and its signals."""
+    assert (
+        dockerkernel("install", "--image", IMAGES["py3"], "--name", "argv", "--host", on_remote.ssh_url).code
+        == 0
+    )
+    kernel = Kernel(AsyncKernelManager(kernel_name="argv"))
+    kernel.km.kernel_spec.metadata.pop("kernel_provisioner")  # as such a client would
+    try:
+        await kernel.start(cwd=str(notebook_dir))
+        (container,) = on_remote.client.containers.list(filters={"label": f"{LABEL_KERNELSPEC}=argv"})
+        launcher = psutil.Process(int(container.labels[LABEL_OWNER_PID]))
+        assert launcher.cmdline()[1:4] == ["-m", "dockerkernel", "launch"]
+        assert (await kernel.execute("import os; print(os.getcwd())")).stdout == f"{notebook_dir}\n"
+        await interrupt_a_sleep(kernel)
+    finally:
+        await kernel.shutdown()
+
+    def gone() -> bool:
+        return not on_remote.client.containers.list(all=True, filters={"label": f"{LABEL_KERNELSPEC}=argv"})
+
+    wait_until_sync(gone, "the launcher to remove its container")
+
+
+def test_the_launcher_refuses_a_tls_host(
+    on_remote: RemoteHost, dockerkernel: Callable[..., CliResult], jupyter_dirs: Path, tmp_path: Path
+) -> None:
+    args = ["--image", IMAGES["py3"], "--name", "tls", "--host", on_remote.tcp_url, *on_remote.tls_args()]
+    assert dockerkernel("install", *args).code == 0
+    connection_file = tmp_path / "kernel-1.json"
+    connection_file.write_text("{}")
+    spec_dir = jupyter_dirs / "data" / "kernels" / "tls"
+    result = dockerkernel("launch", "--spec-dir", str(spec_dir), "-f", str(connection_file))
+    assert result.code == 1
+    assert result.err.splitlines()[-1] == "dockerkernel: " + errors.LAUNCHER_ON_TCP.format(
+        kernel="tls", host=on_remote.tcp_url
     )

@@ -25,7 +25,7 @@ from dockerkernel.spec import LABEL_KERNEL_ID
 from conftest import IMAGES, CliResult, Kernel, spawn_session
 from gpu_host import GPUS, RUNTIME, install_hook
 from remote_host import ADDRESS, remote_host
-from swarm_cluster import Swarm, two_node_swarm
+from swarm_cluster import MANAGER_ADDRESS, Swarm, two_node_swarm
 from waiting import wait_until_sync
 
 pytestmark = pytest.mark.docker
@@ -199,3 +199,30 @@ async def test_a_gpu_kernel_gets_gpus_of_the_node_that_advertises_them(
         await AsyncKernelManager(kernel_name="three").start_kernel(cwd=str(notebook_dir))
     assert "insufficient resources on 2 nodes" in str(failed.value)
     assert [s.id for s in swarm.manager.services.list(filters={"label": LABEL_KERNEL_ID})] == [service.id]
+
+
+async def test_a_kernel_on_the_manager_is_interrupted_through_its_engine(
+    swarm: Swarm,
+    dockerkernel: Callable[..., CliResult],
+    start_kernel: Callable[..., Any],
+    notebook_dir: Path,
+) -> None:
+    args = ["--image", IMAGES["py3"], "--name", "manager", "--swarm", "--constraint", "node.role==manager"]
+    assert dockerkernel("install", *args).code == 0
+    kernel = await start_kernel("manager", cwd=str(notebook_dir))
+    assert kernel.km.get_connection_info()["ip"] == MANAGER_ADDRESS
+
+    def no_message() -> None:
+        raise AssertionError("the interrupt went as a message, not through the manager's engine")
+
+    kernel.km.provisioner._send_interrupt_request = no_message
+    msg_id = kernel.kc.execute("import time; time.sleep(60)")
+    while True:
+        msg = await kernel.kc.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["content"].get("execution_state") == "busy":
+            break
+    await kernel.km.interrupt_kernel()
+    reply = await kernel.kc.get_shell_msg(timeout=10)
+    assert (reply["content"]["status"], reply["content"]["ename"]) == ("error", "KeyboardInterrupt")
+    await kernel.shutdown()
+    assert not services_of(swarm, kernel)
