@@ -31,8 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from startup import start_once  # noqa: E402
 
 from remote_host import remote_host  # noqa: E402
+from swarm_cluster import two_node_swarm  # noqa: E402
 
 IMAGE = "dockerkernel-test/py3"
+LABELS = {
+    "local": "this machine's engine",
+    "ssh": "ssh:// host",
+    "tls": "tcp:// host, TLS",
+    "swarm": "swarm, on the worker",
+}
 
 
 def install(name: str, *options: str) -> None:
@@ -56,21 +63,20 @@ def main() -> None:
     parser.add_argument("--ssh-user", default=os.environ.get("DOCKERKERNEL_TEST_USER", "dktester"))
     args = parser.parse_args()
     pwd.getpwnam(args.ssh_user)
+    main = docker.from_env()
     with (
         tempfile.TemporaryDirectory() as work,
-        remote_host(docker.from_env(), [IMAGE], args.ssh_user) as remote,
+        remote_host(main, [IMAGE], args.ssh_user) as remote,
+        two_node_swarm(main, remote),
     ):
         os.environ.update(JUPYTER_DATA_DIR=work, JUPYTER_PATH=work, HOME=str(remote.home))
         install("local", "--no-pull")
         install("ssh", "--host", remote.ssh_url)
         install("tls", "--host", remote.tcp_url, *remote.tls_args())
-        times = asyncio.run(measure(args.runs, ["local", "ssh", "tls"], work))
+        install("swarm", "--swarm", "--constraint", "node.role==worker")
+        times = asyncio.run(measure(args.runs, list(LABELS), work))
     print(f"start → ready, median of {args.runs}, against the same image on this machine's engine:")
-    for name, label in (
-        ("local", "this machine's engine"),
-        ("ssh", "ssh:// host"),
-        ("tls", "tcp:// host, TLS"),
-    ):
+    for name, label in LABELS.items():
         ratios = [t / local for t, local in zip(times[name], times["local"], strict=True)]
         print(f"  {label:24} {statistics.median(times[name]):.2f} s   ratio {statistics.median(ratios):.2f}")
 
