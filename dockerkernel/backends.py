@@ -151,6 +151,7 @@ class SwarmBackend:
         self._placed: dict[str, swarm.Placed] = {}
         self._watches: dict[str, threading.Event] = {}
         self._manager = ""  # the node id of the manager that docker_host names
+        self._node = ""  # the node that the kernel's first start landed on
 
     def _client(self) -> Any:
         return docker_ops.get_client(self.host)
@@ -162,9 +163,10 @@ class SwarmBackend:
         self, plan: ContainerPlan, pull_policy: str, log: KernelLog, cancelled: threading.Event
     ) -> Launched:
         client = self._client()
-        placed = swarm.place_kernel(
-            client, plan, self.constraints, self.gpu_kind, self.start_timeout, cancelled
-        )
+        # A restart stays on the kernel's node: the server's open channels keep its address.
+        constraints = [*self.constraints, *([f"node.id=={self._node}"] if self._node else [])]
+        placed = swarm.place_kernel(client, plan, constraints, self.gpu_kind, self.start_timeout, cancelled)
+        self._node = placed.node_id
         exit_status, stop = swarm.watch_task(client, placed.service_id)
         self._placed[placed.service_id] = placed
         self._watches[placed.service_id] = stop
@@ -176,16 +178,19 @@ class SwarmBackend:
         if placed is None:
             return
         client = self._client()
-        with docker_ops._daemon_errors():
-            here = client.info().get("Swarm", {}).get("NodeID")
-        if placed.node_id == here and placed.container_id:
+        if placed.node_id == self._manager_node(client) and placed.container_id:
             docker_ops.signal_container(client, placed.container_id, signum)
-        elif signum == signal.SIGKILL:
+        elif signum == signal.SIGINT:
+            where = placed.node_address
+            raise NotSignalable(f"the kernel runs on node {where}, whose engine is not reachable from here")
+        else:  # the swarm stops the task: SIGTERM, then SIGKILL after its grace period
             self.remove(handle)
-        else:
-            raise NotSignalable(
-                f"the kernel runs on node {placed.node_address}, whose engine is not reachable"
-            )
+
+    def _manager_node(self, client: Any) -> str:
+        if not self._manager:
+            with docker_ops._daemon_errors():
+                self._manager = str(client.info().get("Swarm", {}).get("NodeID", ""))
+        return self._manager
 
     def last_words(self, handle: str) -> str:
         return swarm.last_log_line(self._client(), handle)

@@ -88,9 +88,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     _early_exit = ""  # why the last container's kernel died before it ever answered
     _fallback: subprocess.Popen[bytes] | None = None
     _start_error = ""  # found by pre_launch(), shown by the fallback kernel
-    _ip = (
-        "127.0.0.1"  # where the server reaches the kernel's ports: this machine's loopback, or a tcp:// host
-    )
+    _ip = "127.0.0.1"  # where the server reaches the kernel's ports: here, a tcp:// host or a node
 
     def __init__(self, **kwargs: Any) -> None:
         spec = kwargs.get("kernel_spec")

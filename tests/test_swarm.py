@@ -226,3 +226,24 @@ async def test_a_kernel_on_the_manager_is_interrupted_through_its_engine(
     assert (reply["content"]["status"], reply["content"]["ename"]) == ("error", "KeyboardInterrupt")
     await kernel.shutdown()
     assert not services_of(swarm, kernel)
+
+
+async def test_a_restart_stays_on_the_kernels_node(
+    swarm: Swarm,
+    dockerkernel: Callable[..., CliResult],
+    start_kernel: Callable[..., Any],
+    notebook_dir: Path,
+) -> None:
+    """Either node could take the kernel; a restart keeps the first one, whose address open channels use."""
+    assert dockerkernel("install", "--image", IMAGES["py3"], "--name", "anywhere", "--swarm").code == 0
+    kernel = await start_kernel("anywhere", cwd=str(notebook_dir))
+    address = kernel.km.get_connection_info()["ip"]
+    (first,) = services_of(swarm, kernel)
+    node = first.tasks()[0]["NodeID"]
+    for _ in range(3):
+        await kernel.km.restart_kernel()
+        await kernel.kc.wait_for_ready(timeout=120)
+        (service,) = services_of(swarm, kernel)
+        assert service.tasks()[0]["NodeID"] == node
+        assert kernel.km.get_connection_info()["ip"] == address
+    assert (await kernel.execute("print('here')")).stdout == "here\n"
