@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from . import docker_ops, errors, swarm
 from .errors import DockerKernelError, NotSignalable
 from .hosts import DockerHost
-from .spec import ContainerPlan
+from .spec import ContainerPlan, published_on
 from .ssh import SshHost
 
 KernelLog = logging.Logger | logging.LoggerAdapter[Any]
@@ -41,9 +41,6 @@ class Backend(Protocol):
         self, plan: ContainerPlan, pull_policy: str, log: KernelLog, cancelled: threading.Event
     ) -> Launched:
         """Pull as ``pull_policy`` says and start the planned kernel; nothing once ``cancelled``."""
-
-    def publish_ip(self) -> str:
-        """The address on the kernel's host where its ports are published."""
 
     def signal(self, handle: str, signum: int) -> None:
         """Send ``signum`` to the kernel; one that has exited, or is gone, is fine.
@@ -83,7 +80,8 @@ class ContainerBackend:
         return docker_ops.get_client(self.host)
 
     def publish_ip(self) -> str:
-        """The address of the Docker host on which the kernel's ports are published."""
+        """The address of the Docker host on which the kernel's ports are published: its
+        loopback, but for a tcp:// host, whose own address is resolved here."""
         if self.host.scheme != "tcp":
             return "127.0.0.1"
         if not self._publish_ip:
@@ -97,6 +95,8 @@ class ContainerBackend:
     def launch(
         self, plan: ContainerPlan, pull_policy: str, log: KernelLog, cancelled: threading.Event
     ) -> Launched:
+        if self.host.scheme == "tcp":
+            plan = published_on(plan, self.publish_ip())
         ports = [int(binding[1]) for binding in plan.create_kwargs.get("ports", {}).values()]
         tunnel = SshHost.of(self.host.url) if self.host.scheme == "ssh" else None
         if tunnel is not None:
@@ -155,9 +155,6 @@ class SwarmBackend:
 
     def _client(self) -> Any:
         return docker_ops.get_client(self.host)
-
-    def publish_ip(self) -> str:
-        return "0.0.0.0"  # host mode publishes on every address of the node
 
     def launch(
         self, plan: ContainerPlan, pull_policy: str, log: KernelLog, cancelled: threading.Event

@@ -196,7 +196,6 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             # The same ports are kept across restarts, as for local kernels.
             self._choose_ports()
 
-        host_ip = await _in_thread(self._backend.publish_ip)
         with self._deferred_if_fallback():
             self._enable_curve_if_asked(km)
         extra_arguments = kwargs.pop("extra_arguments", [])
@@ -217,7 +216,6 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             # In a Jupyter server, the MappingKernelManager that made our KernelManager knows its root.
             server_root=getattr(km.parent, "root_dir", None) or None,
             client_cwd=os.getcwd(),
-            host_ip=host_ip,
         )
         with self._deferred_if_fallback():
             self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)

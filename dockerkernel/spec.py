@@ -398,6 +398,12 @@ def plan_container(
     )
 
 
+def published_on(plan: ContainerPlan, ip: str) -> ContainerPlan:
+    """The plan with the kernel's ports published on the host's address ``ip``, not its loopback."""
+    ports = {key: (ip, port) for key, (_, port) in plan.create_kwargs.get("ports", {}).items()}
+    return replace(plan, create_kwargs={**plan.create_kwargs, "ports": ports})
+
+
 def place_gpus(
     plan: ContainerPlan,
     support: gpus_mod.GpuSupport,
