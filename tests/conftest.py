@@ -235,6 +235,27 @@ class Kernel:
             await self.km.shutdown_kernel()
 
 
+async def interrupt_a_sleep(kernel: Kernel) -> None:
+    """Interrupt a cell that sleeps: it ends in KeyboardInterrupt, and the kernel goes idle again.
+
+    Waiting for idle, as a notebook does: ipykernel aborts a request that
+    arrives while it still handles the interrupted one.
+    """
+    msg_id = kernel.kc.execute("import time; time.sleep(60)")
+    while True:
+        msg = await kernel.kc.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["content"].get("execution_state") == "busy":
+            break
+    await kernel.km.interrupt_kernel()
+    reply = await kernel.kc.get_shell_msg(timeout=10)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert (reply["content"]["status"], reply["content"]["ename"]) == ("error", "KeyboardInterrupt")
+    while True:
+        msg = await kernel.kc.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["content"].get("execution_state") == "idle":
+            break
+
+
 @pytest.fixture
 async def start_kernel(no_leftovers: None) -> AsyncIterator[Callable[..., Any]]:
     """Start kernels by kernelspec name; they are shut down after the test."""

@@ -25,7 +25,7 @@ from traitlets.config import Config
 from dockerkernel import docker_ops, errors
 from dockerkernel.spec import LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER_PID
 
-from conftest import IMAGES, CliResult, Kernel
+from conftest import IMAGES, CliResult, Kernel, interrupt_a_sleep
 from remote_host import ADDRESS, RemoteHost, remote_host
 from waiting import wait_until_sync
 
@@ -75,19 +75,6 @@ def reachable(port: int, address: str = "127.0.0.1") -> bool:
     with socket.socket() as probe:
         probe.settimeout(2)
         return probe.connect_ex((address, port)) == 0
-
-
-async def interrupt_a_sleep(kernel: Kernel) -> None:
-    """Interrupt a cell that sleeps: it ends in KeyboardInterrupt, and the kernel lives on."""
-    msg_id = kernel.kc.execute("import time; time.sleep(60)")
-    while True:
-        msg = await kernel.kc.get_iopub_msg(timeout=30)
-        if msg["parent_header"].get("msg_id") == msg_id and msg["content"].get("execution_state") == "busy":
-            break
-    await kernel.km.interrupt_kernel()
-    reply = await kernel.kc.get_shell_msg(timeout=10)
-    assert reply["parent_header"]["msg_id"] == msg_id
-    assert (reply["content"]["status"], reply["content"]["ename"]) == ("error", "KeyboardInterrupt")
 
 
 async def lifecycle(

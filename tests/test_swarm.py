@@ -22,7 +22,7 @@ from jupyter_client.manager import AsyncKernelManager
 from dockerkernel import errors, kernelspec
 from dockerkernel.spec import LABEL_KERNEL_ID
 
-from conftest import IMAGES, CliResult, Kernel, spawn_session
+from conftest import IMAGES, CliResult, Kernel, interrupt_a_sleep, spawn_session
 from gpu_host import GPUS, RUNTIME, install_hook
 from remote_host import ADDRESS, remote_host
 from swarm_cluster import MANAGER_ADDRESS, Swarm, two_node_swarm
@@ -96,15 +96,7 @@ async def test_a_kernel_placed_on_the_worker_runs_its_lifecycle(
 
     reply = await kernel.execute("import os; print(os.getcwd()); print(open('data.txt').read(), end='')")
     assert reply.stdout == f"{notebook_dir}\ndata from the host\n"
-    # Interrupted by a message: the worker's engine is not one the server can reach.
-    msg_id = kernel.kc.execute("import time; time.sleep(60)")
-    while True:
-        msg = await kernel.kc.get_iopub_msg(timeout=30)
-        if msg["parent_header"].get("msg_id") == msg_id and msg["content"].get("execution_state") == "busy":
-            break
-    await kernel.km.interrupt_kernel()
-    reply_msg = await kernel.kc.get_shell_msg(timeout=10)
-    assert (reply_msg["content"]["status"], reply_msg["content"]["ename"]) == ("error", "KeyboardInterrupt")
+    await interrupt_a_sleep(kernel)  # by a message: the worker's engine is not one the server can reach
 
     first = service.id
     assert (await kernel.execute("x = 1")).status == "ok"
@@ -216,14 +208,7 @@ async def test_a_kernel_on_the_manager_is_interrupted_through_its_engine(
         raise AssertionError("the interrupt went as a message, not through the manager's engine")
 
     kernel.km.provisioner._send_interrupt_request = no_message
-    msg_id = kernel.kc.execute("import time; time.sleep(60)")
-    while True:
-        msg = await kernel.kc.get_iopub_msg(timeout=30)
-        if msg["parent_header"].get("msg_id") == msg_id and msg["content"].get("execution_state") == "busy":
-            break
-    await kernel.km.interrupt_kernel()
-    reply = await kernel.kc.get_shell_msg(timeout=10)
-    assert (reply["content"]["status"], reply["content"]["ename"]) == ("error", "KeyboardInterrupt")
+    await interrupt_a_sleep(kernel)
     await kernel.shutdown()
     assert not services_of(swarm, kernel)
 

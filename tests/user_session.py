@@ -28,7 +28,8 @@ def run_cell(kc: BlockingKernelClient, code: str) -> str:
     reply = kc.execute_interactive(
         code, timeout=60, output_hook=lambda m: text.append(m["content"].get("text", ""))
     )
-    return "".join(text) if reply["content"]["status"] == "ok" else "ERROR " + reply["content"]["ename"]
+    content = reply["content"]
+    return "".join(text) if content["status"] == "ok" else "ERROR " + content.get("ename", content["status"])
 
 
 def interrupt(km: KernelManager, kc: BlockingKernelClient) -> str:
@@ -39,6 +40,12 @@ def interrupt(km: KernelManager, kc: BlockingKernelClient) -> str:
             break
     km.interrupt_kernel()
     reply = kc.get_shell_msg(timeout=10)
+    # Then idle, as a notebook waits for it: a request sent while the kernel still handles the
+    # interrupted one may be aborted (ipykernel aborts what arrives right after an error).
+    while True:
+        msg = kc.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["content"].get("execution_state") == "idle":
+            break
     return "ERROR " + reply["content"].get("ename", "") if reply["content"]["status"] == "error" else "ok"
 
 
