@@ -26,6 +26,8 @@ from pathlib import Path
 
 import docker
 
+from dockerkernel.spec import home_volume_name
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from startup import start_once  # noqa: E402
@@ -75,6 +77,7 @@ def main() -> None:
         install("tls", "--host", remote.tcp_url, *remote.tls_args())
         install("swarm", "--swarm", "--constraint", "node.role==worker")
         times = asyncio.run(measure(args.runs, list(LABELS), work))
+        main.volumes.get(home_volume_name(os.getuid(), "local")).remove()  # the remote host's go with it
     print(f"start → ready, median of {args.runs}, against the same image on this machine's engine:")
     for name, label in LABELS.items():
         ratios = [t / local for t, local in zip(times[name], times["local"], strict=True)]
