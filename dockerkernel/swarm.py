@@ -21,6 +21,7 @@ import secrets
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import docker
@@ -54,15 +55,14 @@ GPU_PRELUDE = (
 )
 
 
+@dataclass(frozen=True)
 class Placed:
     """A kernel's service, once its task runs."""
 
-    def __init__(self, service_id: str, secret_id: str, node_address: str, container_id: str, node_id: str):
-        self.service_id = service_id
-        self.secret_id = secret_id
-        self.node_address = node_address
-        self.container_id = container_id
-        self.node_id = node_id
+    service_id: str
+    node_address: str  # where its ports are published
+    container_id: str  # its task's container, on that node
+    node_id: str
 
 
 def service_kwargs(
@@ -144,7 +144,7 @@ def place_kernel(
                 ) from e
             raise
     try:
-        return _wait_until_running(client, service.id, secret.id, plan, timeout, cancelled)
+        return _wait_until_running(client, service.id, plan, timeout, cancelled)
     except BaseException:
         remove_kernel(client, service.id)
         raise
@@ -153,7 +153,6 @@ def place_kernel(
 def _wait_until_running(
     client: docker.DockerClient,
     service_id: str,
-    secret_id: str,
     plan: ContainerPlan,
     timeout: float,
     cancelled: threading.Event,
@@ -169,7 +168,7 @@ def _wait_until_running(
             if state == "running":
                 node_id = task["NodeID"]
                 container_id = status.get("ContainerStatus", {}).get("ContainerID", "")
-                return Placed(service_id, secret_id, node_address(client, node_id), container_id, node_id)
+                return Placed(service_id, node_address(client, node_id), container_id, node_id)
             if state in ENDED:
                 raise DockerKernelError(errors.SWARM_TASK_FAILED.format(image=plan.image, reason=said))
         if time.monotonic() > deadline:
