@@ -370,7 +370,7 @@ def _container_rows(every_user: bool, host: DockerHost) -> list[dict[str, Any]]:
     mine = {} if every_user else {LABEL_OWNER_UID: str(os.getuid())}
     client = docker_ops.get_client(host)
     found = [
-        (c.short_id, c.status, c.labels, c.attrs.get("Config", {}).get("Image", ""))
+        (c.short_id, c.status, c.labels, c.image)
         for c in docker_ops.kernel_containers(client, **mine)
         if "com.docker.swarm.service.id" not in c.labels  # its service's row says it
     ]

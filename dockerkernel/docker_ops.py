@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import docker
@@ -845,11 +846,29 @@ def remove_home(client: docker.DockerClient, volume: str) -> bool:
             raise
 
 
-def kernel_containers(client: docker.DockerClient, **label_filters: str) -> list[Container]:
+@dataclass(frozen=True)
+class Listed:
+    """A container as the engine lists it.
+
+    Listing inspects nothing, so a container removed meanwhile cannot fail it.
+    """
+
+    id: str
+    status: str
+    labels: dict[str, str]
+    image: str
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+
+def kernel_containers(client: docker.DockerClient, **label_filters: str) -> list[Listed]:
     """All dockerkernel containers, running or not, optionally filtered by label values."""
     labels = [LABEL_KERNEL_ID] + [f"{k}={v}" for k, v in label_filters.items()]
     with _daemon_errors():
-        return list(client.containers.list(all=True, filters={"label": labels}))
+        found = client.api.containers(all=True, filters={"label": labels})
+    return [Listed(c["Id"], c["State"], c.get("Labels") or {}, c.get("Image", "")) for c in found]
 
 
 def prune_orphans(client: docker.DockerClient) -> list[str]:

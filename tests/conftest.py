@@ -110,7 +110,10 @@ def docker_client() -> Iterator[docker.DockerClient]:
 
 
 def kernel_containers(client: docker.DockerClient) -> dict[str, Any]:
-    return {c.id: c for c in client.containers.list(all=True, filters={"label": LABEL_KERNEL_ID})}
+    """Sparse, so that one the engine removes meanwhile cannot fail the listing."""
+    return {
+        c.id: c for c in client.containers.list(all=True, sparse=True, filters={"label": LABEL_KERNEL_ID})
+    }
 
 
 @pytest.fixture
@@ -127,11 +130,11 @@ def no_leftovers(docker_client: docker.DockerClient, request: pytest.FixtureRequ
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         for c in new.values():
-            print(f"--- logs of {c.name} ---\n{c.logs(tail=50).decode(errors='replace')}")
+            print(f"--- logs of {c.attrs['Names']} ---\n{c.logs(tail=50).decode(errors='replace')}")
     for c in new.values():
         c.remove(force=True)
     remove_new_homes(docker_client, homes_before)
-    assert not new, f"kernel containers left behind: {[c.name for c in new.values()]}"
+    assert not new, f"kernel containers left behind: {[c.attrs['Names'] for c in new.values()]}"
 
 
 def kernel_homes(client: docker.DockerClient) -> dict[str, Any]:

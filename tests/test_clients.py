@@ -149,7 +149,7 @@ def test_a_tiny_model_trains_in_the_torch_kernel(
 
 
 def containers_of(client: docker.DockerClient, kernel_id: str) -> list[Any]:
-    return client.containers.list(all=True, filters={"label": f"{LABEL_KERNEL_ID}={kernel_id}"})
+    return client.containers.list(all=True, sparse=True, filters={"label": f"{LABEL_KERNEL_ID}={kernel_id}"})
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)

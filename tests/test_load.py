@@ -43,7 +43,7 @@ def resources(client: docker.DockerClient, runtime_dir: Path) -> Resources:
         if c.status == psutil.CONN_LISTEN and c.laddr.ip == "127.0.0.1"
     ]
     return Resources(
-        containers=len(client.containers.list(all=True, filters={"label": LABEL_KERNEL_ID})),
+        containers=len(client.containers.list(all=True, sparse=True, filters={"label": LABEL_KERNEL_ID})),
         loopback_listeners=len(listeners),
         fds=psutil.Process().num_fds(),
         threads=threading.active_count(),

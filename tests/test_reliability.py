@@ -62,7 +62,9 @@ async def test_server_restarts_a_kernel_that_died_in_a_new_container(
     kernel = await server.api("POST", "/api/kernels", {"name": install_test_kernel("py3")})
 
     def containers() -> list[Any]:
-        return docker_client.containers.list(all=True, filters={"label": f"{LABEL_KERNEL_ID}={kernel['id']}"})
+        return docker_client.containers.list(
+            all=True, sparse=True, filters={"label": f"{LABEL_KERNEL_ID}={kernel['id']}"}
+        )
 
     [first] = containers()
     ws = await server.kernel_websocket(kernel["id"], "crash")

@@ -60,10 +60,10 @@ def on_remote(remote: RemoteHost, ssh_home: Path) -> Iterator[RemoteHost]:
     yield remote
     left = docker_ops.kernel_containers(remote.client)
     for container in left:
-        container.remove(force=True)
+        docker_ops.remove_container(remote.client, container.id)
     for volume in remote.client.volumes.list(filters={"name": "dockerkernel-home-"}):
         volume.remove(force=True)
-    assert not left, f"kernel containers left on the remote host: {[c.name for c in left]}"
+    assert not left, f"kernel containers left on the remote host: {[c.short_id for c in left]}"
 
 
 def remote_containers(remote: RemoteHost, kernel: Kernel) -> list[Any]:
