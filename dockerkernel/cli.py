@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 
 from . import __version__, docker_ops, doctor, errors, images, kernelspec, swarm
 from .backends import prune_host
-from .config import make_settings
+from .config import check_warm_pool, make_settings
 from .errors import DockerKernelError
 from .hosts import DockerHost
 from .pulls import PullBars
 from .settings import DEFAULT_KERNEL_CMD, DockerSettings
-from .spec import LABEL_GPUS, LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER_UID
+from .spec import LABEL_GPUS, LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER_UID, LABEL_POOL, POOL_NAME_PREFIX
 
 T = TypeVar("T")
 
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mem-limit", help=_help("mem_limit"))
     p.add_argument("--cpus", type=float, help=_help("cpus"))
     p.add_argument("--pull-policy", choices=["missing", "always", "never"], help=_help("pull_policy"))
+    p.add_argument("--warm-pool", type=int, metavar="N", help=_help("warm_pool"))
     where = p.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="install for the current user only (the default)")
     where.add_argument(
@@ -177,6 +178,7 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
         ("mem_limit", "mem_limit"),
         ("cpus", "cpus"),
         ("pull_policy", "pull_policy"),
+        ("warm_pool", "warm_pool"),
     ):
         if getattr(args, option) is not None:
             config[setting] = getattr(args, option)
@@ -207,6 +209,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     name, display_name, config, env = install_settings(args)
     # A bad setting is refused before Docker is asked.
     settings = make_settings(DockerSettings, config, name)
+    check_warm_pool(settings, name)
     host = settings.host()
     if host.scheme == "tcp" and not all(host.tls_files):
         raise DockerKernelError(errors.TLS_FILES_MISSING.format(host=host.url))
@@ -311,8 +314,12 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
     kernel = next((k for k in kernelspec.installed() if k.name == args.name), None)
     home = kernel.home if kernel is not None else ""
     if args.purge and kernel is not None and home:
+        client = docker_ops.get_client(kernel.host)
+        # Kernels waiting in a warm pool are nobody's yet: they go, and let go of the home.
+        for pooled in docker_ops.waiting_in_pool(client, args.name):
+            docker_ops.remove_container(client, pooled.id)
         # First the home, which a running kernel may hold: then nothing is half removed.
-        removed = docker_ops.remove_home(docker_ops.get_client(kernel.host), home)
+        removed = docker_ops.remove_home(client, home)
         print(f"Removed kernel home {home}" if removed else f"No kernel home {home} to remove")
     path = kernelspec.uninstall(args.name)
     print(f"Removed kernelspec {args.name} from {path}")
@@ -365,12 +372,21 @@ def _per_host(what: Callable[[DockerHost], list[T]]) -> tuple[list[T], bool]:
     return results, answered
 
 
+def _kernel_id(container: docker_ops.Listed) -> str:
+    """A kernel's id; a warm-pool kernel's is in its name once a start has taken it (labels are fixed)."""
+    if LABEL_POOL not in container.labels:
+        return container.labels.get(LABEL_KERNEL_ID, "")
+    if container.name.startswith(POOL_NAME_PREFIX):
+        return "(warm pool)"
+    return container.name.removeprefix("dockerkernel-")
+
+
 def _container_rows(every_user: bool, host: DockerHost) -> list[dict[str, Any]]:
     """A row per kernel on ``host``: its containers, and the services of a swarm that it manages."""
     mine = {} if every_user else {LABEL_OWNER_UID: str(os.getuid())}
     client = docker_ops.get_client(host)
     found = [
-        (c.short_id, c.status, c.labels, c.image)
+        (c.short_id, c.status, {**c.labels, LABEL_KERNEL_ID: _kernel_id(c)}, c.image)
         for c in docker_ops.kernel_containers(client, **mine)
         if "com.docker.swarm.service.id" not in c.labels  # its service's row says it
     ]

@@ -52,6 +52,22 @@ def check_launchable(settings: DockerSettings, kernel_name: str, cwd: str) -> No
             raise DockerKernelError(errors.VOLUME_HOST_MISSING.format(path=host, volume=volume))
 
 
+def check_warm_pool(settings: DockerSettings, kernel_name: str) -> None:
+    """A warm pool only where it can work: no GPUs, this machine's engine, no swarm."""
+    if not settings.warm_pool:
+        return
+    if settings.gpus != "none":
+        raise DockerKernelError(
+            errors.WARM_POOL_WITH_GPUS.format(kernel=kernel_name, gpus=settings.gpus, size=settings.warm_pool)
+        )
+    host = settings.host()
+    if settings.backend == "swarm" or host.remote:
+        where = "a swarm" if settings.backend == "swarm" else host.url
+        raise DockerKernelError(
+            errors.WARM_POOL_NOT_LOCAL.format(kernel=kernel_name, size=settings.warm_pool, where=where)
+        )
+
+
 def _reachable(path: str) -> bool:
     """Whether ``path`` exists; one that this user may not reach is an error of its own.
 

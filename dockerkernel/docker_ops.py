@@ -47,6 +47,7 @@ from .spec import (
     LABEL_OWNER_STARTED,
     LABEL_OWNER_UID,
     LABEL_PROBE,
+    POOL_NAME_PREFIX,
     ContainerPlan,
     Engine,
     Owner,
@@ -341,7 +342,7 @@ def start_container(
                 created()
             passwd = group = None
             if plan.identity is not None:
-                passwd, group = _read_file(container, "/etc/passwd"), _read_file(container, "/etc/group")
+                passwd, group = _image_accounts(client, container)
             container.put_archive("/", kernel_files_archive(plan, passwd, group))
             container.start()
             return str(container.id)
@@ -354,6 +355,21 @@ def start_container(
             # The SDK rejects an unknown keyword: it came from container_options.
             raise DockerKernelError(errors.CONTAINER_START_FAILED.format(image=plan.image, reason=e)) from e
         raise
+
+
+_accounts: dict[tuple[str, str], tuple[str, str]] = {}  # (engine, image id): its /etc/passwd and /etc/group
+
+
+def _image_accounts(client: docker.DockerClient, container: Container) -> tuple[str, str]:
+    """The image's /etc/passwd and /etc/group, read from a created container of it once per image.
+
+    An image id names its content, so the files read once hold for every
+    later container of that image.
+    """
+    key = (engine_key(client), str(container.attrs.get("Image", "")))
+    if not key[1] or key not in _accounts:
+        _accounts[key] = (_read_file(container, "/etc/passwd"), _read_file(container, "/etc/group"))
+    return _accounts[key]
 
 
 def _read_file(container: Container, path: str) -> str:
@@ -685,11 +701,26 @@ def run_kernel_container(
         progress.finished()
     if cancelled is not None and cancelled.is_set():
         raise StartCancelled(plan.image)
-    if plan.gpus == "none":
-        container_id = start_container(client, plan)
-    else:
-        container_id = place_kernel_gpus(client, plan, kernel_log)
+    with _start_slots(client):
+        if plan.gpus == "none":
+            container_id = start_container(client, plan)
+        else:
+            container_id = place_kernel_gpus(client, plan, kernel_log)
     return container_id, watch_container(client, container_id)
+
+
+# Containers that this process creates and starts at once on one engine. The engine does
+# much of a start one at a time anyway, and more at once only contend for the CPUs and
+# for this process's interpreter lock, which a Jupyter server's event loop needs too:
+# with 20 kernels started at once on 2 cores, two at a time made them all ready sooner.
+STARTS_AT_ONCE = 2
+_slots: dict[str, threading.BoundedSemaphore] = {}
+_slots_lock = threading.Lock()
+
+
+def _start_slots(client: docker.DockerClient) -> threading.BoundedSemaphore:
+    with _slots_lock:
+        return _slots.setdefault(engine_key(client), threading.BoundedSemaphore(STARTS_AT_ONCE))
 
 
 def run_once(
@@ -769,6 +800,7 @@ def wait_container(client: docker.DockerClient, container_id: str, stop: threadi
     """
     delay = 0.1
     lost = False
+    podman = engine_of(client).podman
     while not stop.is_set():
         try:
             with _untimed_api(client) as api:
@@ -776,7 +808,9 @@ def wait_container(client: docker.DockerClient, container_id: str, stop: threadi
                     api.ping()
                     log.info("The daemon answers again: watching container %s", container_id[:12])
                     lost = False
-                return int(api.wait(container_id)["StatusCode"])
+                if podman:
+                    return int(api.wait(container_id)["StatusCode"])
+                return _exit_status(api, container_id)
         except NotFound:
             return -1
         except (DockerKernelError, DockerException, requests.exceptions.RequestException) as e:
@@ -791,6 +825,29 @@ def wait_container(client: docker.DockerClient, container_id: str, stop: threadi
             stop.wait(delay)
             delay = min(delay * 2, WATCH_RETRY_MAX)
     return -1
+
+
+def _exit_status(api: docker.APIClient, container_id: str) -> int:
+    """The container's exit status, from its 'die' event; NotFound once it is gone.
+
+    Docker sends the event as the container's process exits, and answers a wait
+    only after it has released the container's network and published ports,
+    some hundreds of milliseconds later: a client's shutdown ends at the
+    kernel's exit, as with a local kernel. The events are asked for before the
+    container's state, so that an exit in between is not missed.
+    """
+    events = api.events(filters={"container": container_id, "event": ["die", "destroy"]}, decode=True)
+    try:
+        state = api.inspect_container(container_id)["State"]
+        if not state.get("Running") and state.get("Status") != "created":
+            return int(state.get("ExitCode", -1))
+        for event in events:
+            if event.get("Action", event.get("status")) == "destroy":
+                raise NotFound(f"container {container_id} was removed")
+            return int(event.get("Actor", {}).get("Attributes", {}).get("exitCode", -1))
+    finally:
+        events.close()
+    raise requests.exceptions.ConnectionError("the daemon ended the stream of events")
 
 
 def watch_container(client: docker.DockerClient, container_id: str) -> Future[int]:
@@ -857,6 +914,7 @@ class Listed:
     status: str
     labels: dict[str, str]
     image: str
+    name: str = ""
 
     @property
     def short_id(self) -> str:
@@ -868,7 +926,29 @@ def kernel_containers(client: docker.DockerClient, **label_filters: str) -> list
     labels = [LABEL_KERNEL_ID] + [f"{k}={v}" for k, v in label_filters.items()]
     with _daemon_errors():
         found = client.api.containers(all=True, filters={"label": labels})
-    return [Listed(c["Id"], c["State"], c.get("Labels") or {}, c.get("Image", "")) for c in found]
+    return [
+        Listed(
+            c["Id"], c["State"], c.get("Labels") or {}, c.get("Image", ""), (c.get("Names") or [""])[0][1:]
+        )
+        for c in found
+    ]
+
+
+def pooled_containers(client: docker.DockerClient) -> list[Listed]:
+    """The warm-pool kernels that this process started and no start has taken."""
+    mine = {LABEL_OWNER_PID: str(os.getpid()), LABEL_OWNER_HOST: socket.gethostname()}
+    return [c for c in kernel_containers(client, **mine) if c.name.startswith(POOL_NAME_PREFIX)]
+
+
+def waiting_in_pool(client: docker.DockerClient, kernel_name: str) -> list[Listed]:
+    """This user's warm-pool kernels of a kernelspec that no start has taken, of any process."""
+    mine = {LABEL_OWNER_UID: str(os.getuid()), LABEL_KERNELSPEC: kernel_name}
+    return [c for c in kernel_containers(client, **mine) if c.name.startswith(POOL_NAME_PREFIX)]
+
+
+def rename_container(client: docker.DockerClient, container_id: str, name: str) -> None:
+    with _daemon_errors():
+        client.api.rename(container_id, name)
 
 
 def prune_orphans(client: docker.DockerClient) -> list[str]:

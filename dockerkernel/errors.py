@@ -217,3 +217,11 @@ SWARM_TASK_FAILED = (
     "The swarm could not start the kernel of image '{image}' ({reason}): check that every node "
     "that may run it has the image, or can pull it, and the kernel's folders."
 )
+WARM_POOL_WITH_GPUS = (
+    "Kernel '{kernel}' asks for GPUs (gpus {gpus}) and a warm pool of {size}: pooled kernels would "
+    "hold GPUs that nobody uses, so GPU kernels are never pooled; drop the warm pool, or the GPUs."
+)
+WARM_POOL_NOT_LOCAL = (
+    "Kernel '{kernel}' has a warm pool of {size} on {where}: the warm pool works with this "
+    "machine's Docker engine only; drop the warm pool, or run the kernel on this machine."
+)

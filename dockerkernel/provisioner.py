@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import zmq
@@ -25,17 +26,19 @@ from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, TraitError
 
-from . import docker_ops, errors, fallback
+from . import docker_ops, errors, fallback, warm_pool
 from .backends import Backend, ContainerBackend, Launched, SwarmBackend
-from .config import check_launchable, check_setting_names
+from .config import check_launchable, check_setting_names, check_warm_pool
 from .errors import DockerKernelError, NotSignalable, PortTaken
 from .identity import host_identity
 from .settings import DockerSettings
-from .spec import PORT_NAMES, ContainerPlan, plan_container
+from .spec import LABEL_POOL, PORT_NAMES, ContainerPlan, plan_container
+from .warm_pool import pool_kernel_id
 
 T = TypeVar("T")
 
 PORT_ATTEMPTS = 3  # starts tried when another program takes a chosen port first
+SHUTDOWN_WAIT = 1.0  # seconds shutdown_requested() waits for the kernel's exit
 
 _MANAGER_KWARGS = ("kernel_id", "kernel_spec", "parent", "config", "log")
 
@@ -89,6 +92,8 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     _fallback: subprocess.Popen[bytes] | None = None
     _start_error = ""  # found by pre_launch(), shown by the fallback kernel
     _ip = "127.0.0.1"  # where the server reaches the kernel's ports: here, a tcp:// host or a node
+    _pooled: warm_pool.Pooled | None = None  # taken from the warm pool by pre_launch(), for launch_kernel()
+    _session_name: str | None = None  # the JPY_SESSION_NAME that a pooled kernel is given
 
     def __init__(self, **kwargs: Any) -> None:
         spec = kwargs.get("kernel_spec")
@@ -101,6 +106,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         except TraitError as e:
             raise DockerKernelError(errors.INVALID_SETTING.format(kernel=name, reason=e)) from e
         self.kernel_name = name
+        check_warm_pool(self, name)
         self._backend: Backend = (
             SwarmBackend(self.host(), list(self.constraints), self.gpu_resource, self.start_timeout)
             if self.backend == "swarm"
@@ -125,6 +131,18 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         status = await asyncio.wrap_future(self._exit)
         self._exit = None
         return status
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        """Wait, briefly, for the kernel to exit after KernelManager asked it to shut down.
+
+        KernelManager then checks every 100 ms whether the kernel still runs. A
+        container's exit is known only once the engine has seen it, later than
+        a local process's: waiting for it here ends the shutdown at the exit.
+        A kernel that takes longer gets KernelManager's usual wait and signals.
+        """
+        if self._exit is not None and self._fallback is None:
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._exit)), SHUTDOWN_WAIT)
 
     async def send_signal(self, signum: int) -> None:
         """Signal the kernel through the container's init process (interrupts are SIGINT).
@@ -188,6 +206,8 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         if km.transport != "tcp" or km.ip not in ("127.0.0.1", "localhost", self._ip):
             raise DockerKernelError(errors.LOOPBACK_ONLY.format(ip=km.ip, transport=km.transport))
         cwd = os.path.abspath(os.fspath(kwargs.get("cwd") or os.getcwd()))
+        first_start = not self._ports_cached  # a restart keeps the kernel's ports, and is never warm
+        self._pooled = None
         self._start_error = ""
         with self._deferred_if_fallback():
             check_launchable(self, self.kernel_name, cwd)
@@ -219,8 +239,49 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         )
         with self._deferred_if_fallback():
             self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
+        if first_start and self._plan is not None and self._pool_size():
+            self._take_from_pool(km, self._plan, env)
         kwargs["cmd"] = self._plan.create_kwargs["command"] if self._plan else []
         return kwargs
+
+    def _pool_size(self) -> int:
+        """The warm pool's size for this kernel: 0 where its channels are encrypted (the pool's are not)."""
+        km: Any = self.parent
+        return 0 if km.curve_publickey is not None or self._start_error else int(self.warm_pool)
+
+    def _take_from_pool(self, km: Any, plan: ContainerPlan, env: dict[str, str]) -> None:
+        """Take a pooled kernel whose container is the planned one but for its ports and key, and adopt those.
+
+        The ports that pre_launch() chose go back; the connection file is
+        written again with the pooled kernel's ports and key.
+        """
+        pooled = warm_pool.POOL.take(self.kernel_name, plan)
+        if pooled is None:
+            return
+        ports = LocalPortCache.instance()
+        for port_name in PORT_NAMES:
+            ports.return_port(getattr(km, port_name))
+            setattr(km, port_name, int(pooled.connection[port_name]))
+        km.session.key = pooled.connection["key"]
+        km._connection_file_written = False
+        km.write_connection_file(jupyter_session=env.get("JPY_SESSION_NAME", ""))
+        self.connection_info = km.get_connection_info()
+        self._plan, self._pooled = pooled.plan, pooled
+        self._session_name = env.get("JPY_SESSION_NAME")
+
+    def _fill_pool(self) -> None:
+        """Start kernels like this one ahead, for the next starts of its kernelspec in its folder."""
+        size = self._pool_size()
+        if not size or self._plan is None:
+            return
+        args = {**self._plan_args, "launch_env": {}}  # the notebook's name is set as a start takes one
+
+        def plan_for(connection: dict[str, Any]) -> ContainerPlan:
+            plan = plan_container(self, connection_info=connection, **{**args, "kernel_id": pool_kernel_id()})
+            labels = {**plan.create_kwargs["labels"], LABEL_POOL: "1"}
+            return replace(plan, create_kwargs={**plan.create_kwargs, "labels": labels})
+
+        warm_pool.POOL.fill(self.kernel_name, size, plan_for, self.connection_info)
 
     @contextmanager
     def _deferred_if_fallback(self) -> Iterator[None]:
@@ -273,7 +334,9 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             if self._start_error or early_exit:
                 # Restarting after an early exit would only die again: say why instead of looping.
                 raise DockerKernelError(self._start_error or early_exit)
-            kernel = await self._start_container()
+            kernel = await self._adopt_pooled() if self._pooled is not None else None
+            if kernel is None:
+                kernel = await self._start_container()
         except DockerKernelError as e:
             if not self.fallback_kernel:
                 raise
@@ -287,7 +350,36 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             "Kernel %s runs in container %s (image %s)", self.kernel_id, kernel.handle[:12], self.image
         )
         self._heartbeat = asyncio.ensure_future(self._watch_heartbeat(kernel.exit))
+        self._fill_pool()
         return {**self.connection_info, "ip": kernel.ip}
+
+    async def _adopt_pooled(self) -> Launched | None:
+        """Make the pooled kernel this one: its name, and the notebook's JPY_SESSION_NAME in it.
+
+        None when it cannot be adopted (it died meanwhile, say): it is removed,
+        and the start goes on cold, on the same ports and key.
+        """
+        pooled, self._pooled = self._pooled, None
+        assert pooled is not None
+        km: Any = self.parent
+
+        def adopt() -> None:
+            client = docker_ops.get_client(pooled.plan.host)
+            docker_ops.rename_container(client, pooled.container_id, f"dockerkernel-{self.kernel_id}")
+            if self._session_name is not None:
+                warm_pool.set_session_name(pooled.connection, km.session, self._session_name)
+
+        try:
+            await _in_thread(adopt)
+        except DockerKernelError as e:
+            self.log.warning(
+                "Kernel %s: the pooled kernel could not be taken (%s); starting one", self.kernel_id, e
+            )
+            await _in_thread(self._remove, pooled.container_id)
+            self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
+            return None
+        self.log.info("Kernel %s: taken from the warm pool", self.kernel_id)
+        return Launched(pooled.container_id, pooled.exit)
 
     async def _start_container(self) -> Launched:
         assert self._plan is not None
@@ -416,20 +508,17 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             # Exited by itself before it ever answered: it died during start-up.
             starting = self._state is KernelState.STARTING
             status = kernel.exit.result() if kernel is not None and kernel.exit.done() else None
-            try:
-                if restart and starting and status is not None:
+            if restart and starting and status is not None:
+                with suppress(DockerKernelError):
                     self._early_exit = await self._why_it_died(handle, status)
                     self.log.error("Kernel %s: %s", self.kernel_id, self._early_exit)
-                await _in_thread(self._backend.remove, handle)
-            except DockerKernelError as e:
-                # Best effort: the ports are given back all the same, and the container is
-                # removed at this process's next start on that daemon, or, once this process
-                # is gone, by `dockerkernel prune` or the next server's reaper.
-                with suppress(DockerKernelError):  # no client yet, and no daemon to make one
-                    await _in_thread(self._backend.leave_behind, handle)
-                self.log.warning(
-                    "Kernel %s: its container %s is left behind: %s", self.kernel_id, handle[:12], e
-                )
+            if restart:  # the new container takes the old one's name: it must be gone first
+                await _in_thread(self._remove, handle)
+            else:
+                # The client's shutdown ends at the kernel's exit, as with a local kernel; the
+                # engine releases the container's network and ports meanwhile. The executor's
+                # threads finish their work before this process exits.
+                _executor.submit(self._remove, handle)
         self._state = KernelState.NONE
         with suppress(OSError):  # written by _start_fallback() for a kernel of another host
             os.remove(f"{self.parent.connection_file}.fallback.json")  # type: ignore[union-attr]
@@ -438,6 +527,18 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             for port_name in PORT_NAMES:
                 ports.return_port(int(self.connection_info[port_name]))  # type: ignore[literal-required]
             self._ports_cached = False
+
+    def _remove(self, handle: str) -> None:
+        """Remove the kernel's container, or leave it to be removed later; in a thread."""
+        try:
+            self._backend.remove(handle)
+        except Exception as e:  # in a thread whose errors nobody else sees
+            # Best effort: the ports are given back all the same, and the container is
+            # removed at this process's next start on that daemon, or, once this process
+            # is gone, by `dockerkernel prune` or the next server's reaper.
+            with suppress(DockerKernelError):  # no client yet, and no daemon to make one
+                self._backend.leave_behind(handle)
+            self.log.warning("Kernel %s: its container %s is left behind: %s", self.kernel_id, handle[:12], e)
 
     async def _why_it_died(self, container_id: str, status: int) -> str:
         """The sentence for a kernel that exited during start-up, from its container's last words."""

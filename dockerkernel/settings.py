@@ -17,6 +17,7 @@ from traitlets import (
     CaselessStrEnum,
     Dict,
     Float,
+    Int,
     List,
     TraitError,
     Unicode,
@@ -251,6 +252,16 @@ class DockerSettings(LoggingConfigurable):
         default_value="missing",
         help="""When to pull the image: 'missing' (only if it is not present), 'always'
         (before every kernel start), or 'never'.""",
+    ).tag(config=True)
+
+    warm_pool = Int(
+        0,
+        min=0,
+        max=16,
+        help="""How many kernels to keep started ahead, per user, for the notebook folder of
+        the last start: a start then takes one at once and the pool is filled again in
+        the background. Each holds its container's memory while it waits. Only for
+        kernels without GPUs, on this machine's engine. 0: none.""",
     ).tag(config=True)
 
     container_options = Dict(

@@ -90,6 +90,8 @@ LABEL_HOME_OF = f"{LABEL_PREFIX}.home-of"  # on a home volume: the uid it belong
 LABEL_NETWORK_OF = f"{LABEL_PREFIX}.network-of"  # on an isolated network: the uid it belongs to
 LABEL_GPUS = f"{LABEL_PREFIX}.gpus"  # the GPU ids a kernel holds, or 'all'
 LABEL_GPU_LOCK = f"{LABEL_PREFIX}.gpu-lock"  # on the container that locks GPU allocation
+LABEL_POOL = f"{LABEL_PREFIX}.pool"  # on a kernel started for the warm pool (also once a start took it)
+POOL_NAME_PREFIX = "dockerkernel-pool-"  # a pooled kernel's name until a start takes it
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,14 @@ def no_leftovers(docker_client: docker.DockerClient, request: pytest.FixtureRequ
     before = set(kernel_containers(docker_client))
     homes_before = set(kernel_homes(docker_client))
     yield
-    new = {cid: c for cid, c in kernel_containers(docker_client).items() if cid not in before}
+
+    def new_containers() -> dict[str, Any]:
+        return {cid: c for cid, c in kernel_containers(docker_client).items() if cid not in before}
+
+    # A shutdown ends at the kernel's exit; its container is removed just after.
+    with suppress(AssertionError):
+        wait_until_sync(lambda: not new_containers(), "the removal of the test's kernel containers", 30)
+    new = new_containers()
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         for c in new.values():

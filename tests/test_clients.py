@@ -200,7 +200,7 @@ async def test_server_session_lifecycle(
         ws.close()
 
     await server.api("DELETE", f"/api/sessions/{session['id']}")
-    assert containers_of(docker_client, kernel_id) == []
+    await wait_until(lambda: not containers_of(docker_client, kernel_id), "the container's removal")
     assert await server.api("GET", "/api/kernels") == []
 
 

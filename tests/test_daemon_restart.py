@@ -218,3 +218,6 @@ async def test_a_session_deleted_with_the_daemon_down_ends_and_its_container_goe
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(first.id)
     await server.api("DELETE", f"/api/sessions/{later['id']}")
+    # Its container is removed after the DELETE has answered: before the daemon is restored.
+    this_kernel = {"label": f"{LABEL_KERNEL_ID}={later['kernel']['id']}"}
+    await wait_until(lambda: not docker_client.containers.list(all=True, filters=this_kernel), "the removal")

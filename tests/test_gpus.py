@@ -33,6 +33,7 @@ from dockerkernel.spec import (
 
 from conftest import IMAGES, UserSession, as_user, spawn_session, user_env
 from gpu_host import GPUS, GpuHost, simulated_gpu_host
+from waiting import wait_until_sync
 
 pytestmark = pytest.mark.docker
 
@@ -85,7 +86,8 @@ def start(gpu_host: GpuHost, ordinary_user: pwd.struct_passwd) -> Iterator[Calla
         session.close()
     for folder in folders:
         subprocess.run(["rm", "-rf", str(folder)], check=True)
-    assert not docker_ops.kernel_containers(gpu_host.client), "kernel containers left on the GPU host"
+    # A shutdown ends at the kernel's exit; its container is removed just after.
+    wait_until_sync(lambda: not docker_ops.kernel_containers(gpu_host.client), "the GPU host's kernels to go")
     for volume in gpu_host.client.volumes.list(filters={"name": "dockerkernel-home-"}):
         volume.remove(force=True)
 

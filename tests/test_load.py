@@ -21,6 +21,8 @@ from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 
 from dockerkernel.spec import LABEL_KERNEL_ID
 
+from waiting import wait_until
+
 pytestmark = pytest.mark.docker
 
 SEQUENTIAL = 200
@@ -49,6 +51,15 @@ def resources(client: docker.DockerClient, runtime_dir: Path) -> Resources:
         threads=threading.active_count(),
         connection_files=len(list(runtime_dir.glob("kernel-*.json"))),
     )
+
+
+async def removed(client: docker.DockerClient) -> None:
+    """Until no kernel container is left: a shutdown ends at the kernel's exit, and its removal follows."""
+
+    def none_left() -> bool:
+        return not client.containers.list(all=True, sparse=True, filters={"label": LABEL_KERNEL_ID})
+
+    await wait_until(none_left, "the removal of the kernels' containers")
 
 
 async def cycle(mkm: AsyncMultiKernelManager, name: str, cwd: str, ports: set[int]) -> None:
@@ -83,6 +94,7 @@ async def test_many_kernels_leak_nothing(
     ports: set[int] = set()
     # Warm up: the Docker client's connections and the provisioner's thread pool are made on first use.
     await asyncio.gather(*(cycle(mkm, name, str(notebook_dir), ports) for _ in range(CONCURRENT)))
+    await removed(docker_client)
     before = resources(docker_client, runtime_dir)
 
     loop = asyncio.get_running_loop()
@@ -97,6 +109,7 @@ async def test_many_kernels_leak_nothing(
     await asyncio.gather(*(cycle(mkm, name, str(notebook_dir), ports) for _ in range(CONCURRENT)))
     concurrent_s = loop.time() - started
 
+    await removed(docker_client)
     after = resources(docker_client, runtime_dir)
     with capsys.disabled():
         print(f"\n[load] before {before}\n[load] after  {after}")

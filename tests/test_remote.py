@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from dockerkernel.spec import LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER_PID
 
 from conftest import IMAGES, CliResult, Kernel, interrupt_a_sleep
 from remote_host import ADDRESS, RemoteHost, remote_host
-from waiting import wait_until_sync
+from waiting import wait_until, wait_until_sync
 
 pytestmark = pytest.mark.docker
 
@@ -58,6 +59,9 @@ def ssh_home(remote: RemoteHost, monkeypatch: pytest.MonkeyPatch) -> Path:
 def on_remote(remote: RemoteHost, ssh_home: Path) -> Iterator[RemoteHost]:
     """The remote host; after the test it must have no kernel container left, and no home volume."""
     yield remote
+    # A shutdown ends at the kernel's exit; its container is removed just after.
+    with suppress(AssertionError):
+        wait_until_sync(lambda: not docker_ops.kernel_containers(remote.client), "removals", timeout=30)
     left = docker_ops.kernel_containers(remote.client)
     for container in left:
         docker_ops.remove_container(remote.client, container.id)
@@ -128,7 +132,7 @@ async def test_a_kernel_on_an_ssh_host_runs_its_lifecycle_with_its_channels_over
     assert "GPUs" not in doctor.out  # no kernel asks for them, on either engine
 
     await kernel.shutdown()
-    assert not remote_containers(on_remote, kernel)
+    await wait_until(lambda: not remote_containers(on_remote, kernel), "the container's removal")
     assert not reachable(info["shell_port"])  # the forwards are closed with the kernel
 
 
@@ -187,7 +191,7 @@ async def test_a_kernel_on_a_tls_host_has_curve_encrypted_channels_on_the_hosts_
         plain.close()
     await lifecycle(kernel, on_remote, docker_client, notebook_dir)
     await kernel.shutdown()
-    assert not remote_containers(on_remote, kernel)
+    await wait_until(lambda: not remote_containers(on_remote, kernel), "the container's removal")
 
 
 def test_a_tls_host_refuses_an_image_whose_ipykernel_lacks_curve(
@@ -280,7 +284,7 @@ async def test_a_server_wide_docker_host_runs_kernels_of_kernelspecs_that_name_n
         assert (await kernel.execute("print(1 + 1)")).stdout == "2\n"
     finally:
         await kernel.shutdown()
-    assert not remote_containers(on_remote, kernel)
+    await wait_until(lambda: not remote_containers(on_remote, kernel), "the container's removal")
 
 
 async def test_a_client_without_the_provisioner_runs_an_ssh_kernel_through_the_launcher(

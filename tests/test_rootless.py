@@ -178,7 +178,10 @@ def test_the_kernel_lifecycle_on_a_rootless_engine(
 
     client = docker.DockerClient(base_url=url)
     try:
-        assert client.containers.list(all=True, filters={"label": LABEL_KERNEL_ID}) == []  # nothing left
+        # Nothing left: the kernel's container is removed just after its shutdown.
+        wait_until_sync(
+            lambda: not client.containers.list(all=True, filters={"label": LABEL_KERNEL_ID}), "removal"
+        )
     finally:
         client.close()
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from docker.types import SecretReference
 
-from dockerkernel import errors
+from dockerkernel import errors, warm_pool
 from dockerkernel.errors import DockerKernelError
 from dockerkernel.gpus import NVIDIA, Gpu, GpuSupport
 from dockerkernel.identity import Identity, merge_group, merge_passwd
@@ -24,7 +25,9 @@ from dockerkernel.spec import (
     LABEL_KERNELSPEC,
     LABEL_OWNER_PID,
     LABEL_OWNER_UID,
+    LABEL_POOL,
     NOTICE_STARTUP_FILE,
+    PORT_NAMES,
     ContainerPlan,
     Engine,
     Owner,
@@ -349,3 +352,24 @@ def test_a_swarm_service_keeps_the_plan_and_never_restarts() -> None:
         ("tmpfs", "/dockerkernel/run"),
     ]
     assert "HOME=/dockerkernel/run/home" in kwargs["env"]
+
+
+def test_a_pooled_kernel_matches_a_start_only_where_nothing_but_its_own_parts_differ() -> None:
+    """Its kernel id, ports, key and the notebook's name are its own; anything else tells them apart."""
+    start = plan(launch_env={"JPY_SESSION_NAME": "/home/me/notebooks/a.ipynb"})
+    other = {**CONNECTION, **{p: CONNECTION[p] + 100 for p in PORT_NAMES}, "key": "another"}
+    pooled = plan(kernel_id="pool-1", connection_info=other)
+    labelled = replace(
+        pooled,
+        create_kwargs={**pooled.create_kwargs, "labels": {**pooled.create_kwargs["labels"], LABEL_POOL: "1"}},
+    )
+    assert warm_pool.fingerprint(labelled) == warm_pool.fingerprint(start)
+    for different in (
+        plan(cwd="/home/me/elsewhere"),
+        plan(spec_env={"MODE": "debug"}),
+        plan(DockerSettings(image="img", volumes=["/data:/data:ro"])),
+        plan(DockerSettings(image="img", mem_limit="2g")),
+        plan(DockerSettings(image="img", user="1234")),
+        plan(kernel_name="another"),
+    ):
+        assert warm_pool.fingerprint(different) != warm_pool.fingerprint(start)

@@ -12,6 +12,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from conftest import IMAGES, CliResult, Kernel, interrupt_a_sleep, spawn_session
 from gpu_host import GPUS, RUNTIME, install_hook
 from remote_host import ADDRESS, remote_host
 from swarm_cluster import MANAGER_ADDRESS, Swarm, two_node_swarm
-from waiting import wait_until_sync
+from waiting import wait_until, wait_until_sync
 
 pytestmark = pytest.mark.docker
 
@@ -61,6 +62,11 @@ def cluster(docker_client: docker.DockerClient, ordinary_user: Any) -> Iterator[
 def swarm(cluster: Swarm) -> Iterator[Swarm]:
     """The swarm; after the test it must have no kernel service and no secret left."""
     yield cluster
+    # A shutdown ends at the kernel's exit; its service is removed just after.
+    with suppress(AssertionError):
+        wait_until_sync(
+            lambda: not cluster.manager.services.list(filters={"label": LABEL_KERNEL_ID}), "removals"
+        )
     services = cluster.manager.services.list(filters={"label": LABEL_KERNEL_ID})
     secrets = cluster.manager.secrets.list(filters={"label": LABEL_KERNEL_ID})
     for item in [*services, *secrets]:
@@ -106,7 +112,7 @@ async def test_a_kernel_placed_on_the_worker_runs_its_lifecycle(
     (again,) = services_of(swarm, kernel)
     assert again.id != first
     await kernel.shutdown()
-    assert not services_of(swarm, kernel)
+    await wait_until(lambda: not services_of(swarm, kernel), "the service's removal")
 
 
 async def test_a_kernel_that_no_node_can_take_fails_within_the_start_timeout(
@@ -210,7 +216,7 @@ async def test_a_kernel_on_the_manager_is_interrupted_through_its_engine(
     kernel.km.provisioner._send_interrupt_request = no_message
     await interrupt_a_sleep(kernel)
     await kernel.shutdown()
-    assert not services_of(swarm, kernel)
+    await wait_until(lambda: not services_of(swarm, kernel), "the service's removal")
 
 
 async def test_a_restart_stays_on_the_kernels_node(

@@ -1,0 +1,309 @@
+"""The warm pool: kernels started ahead of time, each handed whole to the next notebook that needs one.
+
+A kernelspec with ``warm_pool`` N keeps up to N kernels running, per user (a
+Jupyter server runs as one user and holds its own pool), for the notebook
+folder of its last start. A start whose container would be the same takes one
+and fills the pool again in the background; any other start is a cold one.
+
+"The same" is checked, not assumed: a pooled kernel is planned by the very
+function that plans a cold start (spec.plan_container), with the same
+arguments but for what is its own: its kernel id, its ports and its key. A
+start takes it only where the two plans then agree in everything else (image,
+command, working directory, environment, user, groups, mounts, home, network,
+limits, labels), so a pooled kernel is one that was cold-started early.
+
+What it cannot know ahead is the notebook's name, JPY_SESSION_NAME. The
+provisioner sets it in the kernel as it takes it, as a cold start's kernel has
+it (spec.PASSED_THROUGH).
+
+Each pooled kernel has ports and a key of its own, made when it is filled and
+never used for another kernel: the taker adopts them. Pooled containers are
+labelled with the owner's labels like any kernel, so a server that dies leaves
+them to the reaper and `dockerkernel prune`; a server that stops removes them
+(WarmPool.close, at exit). GPU kernelspecs are never pooled: a pooled container
+would hold GPUs that nobody uses (settings.check_warm_pool).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import zmq
+from jupyter_client.connect import LocalPortCache
+from jupyter_client.session import Session, new_id_bytes
+
+from . import docker_ops
+from .errors import DockerKernelError
+from .hosts import DockerHost
+from .spec import LABEL_KERNEL_ID, LABEL_POOL, PASSED_THROUGH, PORT_NAMES, ContainerPlan
+
+log = logging.getLogger("dockerkernel.warm_pool")
+
+READY_TIMEOUT = 60.0  # seconds a pooled kernel has to answer its heartbeat before it is dropped
+
+
+def fingerprint(plan: ContainerPlan) -> str:
+    """The plan without what is each kernel's own: equal for two kernels that differ in nothing else."""
+    kwargs = dict(plan.create_kwargs)
+    kwargs.pop("name", None)
+    kwargs.pop("ports", None)
+    kwargs["labels"] = {k: v for k, v in kwargs["labels"].items() if k not in (LABEL_KERNEL_ID, LABEL_POOL)}
+    kwargs["environment"] = {k: v for k, v in kwargs["environment"].items() if k not in PASSED_THROUGH}
+    connection = {k: v for k, v in plan.connection.items() if k not in (*PORT_NAMES, "key")}
+    rest = replace(plan, create_kwargs={}, connection={})
+    return json.dumps([kwargs, connection, repr(rest)], sort_keys=True, default=str)
+
+
+def new_connection(template: Mapping[str, Any]) -> dict[str, Any]:
+    """A pooled kernel's own connection, like ``template``'s but for its ports, reserved in this
+    process, and its key, made anew."""
+    ports = LocalPortCache.instance()
+    info = dict(template)
+    info.update({name: ports.find_available_port("127.0.0.1") for name in PORT_NAMES}, key=new_id_bytes())
+    return info
+
+
+def release_ports(connection: Mapping[str, Any]) -> None:
+    ports = LocalPortCache.instance()
+    for name in PORT_NAMES:
+        ports.return_port(int(connection[name]))
+
+
+@dataclass
+class Pooled:
+    """A running kernel in the pool."""
+
+    container_id: str
+    exit: Future[int]
+    connection: dict[str, Any]  # as the host connects: ports, key ('ip' is 127.0.0.1)
+    plan: ContainerPlan
+    print: str  # its fingerprint
+
+
+@dataclass
+class _Kernelspec:
+    """One kernelspec's pool: the kernels ready, and how many are being started, for one fingerprint."""
+
+    print: str = ""
+    ready: list[Pooled] = field(default_factory=list)
+    filling: int = 0
+
+
+class WarmPool:
+    """This process's pools, one per kernelspec; safe to call from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pools: dict[str, _Kernelspec] = {}
+        self._closed = False
+        self._filled = threading.Condition(self._lock)
+
+    def take(self, kernel_name: str, plan: ContainerPlan) -> Pooled | None:
+        """A ready kernel whose plan is ``plan`` but for what is each kernel's own; None if there is none."""
+        wanted = fingerprint(plan)
+        with self._lock:
+            pool = self._pools.get(kernel_name)
+            if pool is None or pool.print != wanted:
+                return None
+            while pool.ready:
+                pooled = pool.ready.pop(0)
+                if not pooled.exit.done():
+                    return pooled
+                self._discard(pooled)  # it died in the pool
+        return None
+
+    def fill(
+        self,
+        kernel_name: str,
+        size: int,
+        plan_for: Callable[[dict[str, Any]], ContainerPlan],
+        template: Mapping[str, Any],
+    ) -> None:
+        """Start kernels in the background until ``size`` are ready or starting for ``plan_for``'s kernels.
+
+        ``plan_for(connection)`` plans a pooled kernel with that connection,
+        which is ``template`` with ports and a key of its own. A pool that holds
+        kernels of another fingerprint (another folder, say) gives them up
+        first: a kernelspec's pool never holds more than ``size``.
+        """
+        wanted = fingerprint(plan_for(dict(template)))
+        with self._lock:
+            if self._closed:
+                return
+            pool = self._pools.setdefault(kernel_name, _Kernelspec())
+            if pool.print != wanted:
+                for old in pool.ready:
+                    self._discard(old)
+                pool.ready.clear()
+                pool.print = wanted
+            missing = size - len(pool.ready) - pool.filling
+            pool.filling += max(missing, 0)
+        for _ in range(missing):
+            # Ports are chosen here, in the caller's thread, like every other kernel's of this process.
+            connection = new_connection(template)
+            threading.Thread(
+                target=self._start_one,
+                args=(kernel_name, wanted, plan_for, connection),
+                name="dockerkernel-pool",
+                daemon=True,
+            ).start()
+
+    def _start_one(
+        self,
+        kernel_name: str,
+        wanted: str,
+        plan_for: Callable[[dict[str, Any]], ContainerPlan],
+        connection: dict[str, Any],
+    ) -> None:
+        pooled: Pooled | None = None
+        try:
+            plan = plan_for(connection)
+            container_id, exit_status = docker_ops.run_kernel_container(plan, "never", log)
+            pooled = Pooled(container_id, exit_status, connection, plan, wanted)
+            if not _answers(connection, exit_status):
+                raise DockerKernelError(f"pooled kernel {container_id[:12]} did not answer its heartbeat")
+        except Exception as e:  # a pool that cannot fill only makes starts cold
+            log.warning("The warm pool of kernel %s could not start a kernel: %s", kernel_name, e)
+            if pooled is not None:
+                self._discard(pooled)
+            else:
+                release_ports(connection)
+            with self._lock:
+                self._pools[kernel_name].filling -= 1
+            return
+        with self._lock:
+            pool = self._pools[kernel_name]
+            pool.filling -= 1
+            if self._closed or pool.print != wanted:
+                self._discard(pooled)
+            else:
+                pool.ready.append(pooled)
+            self._filled.notify_all()
+
+    def _discard(self, pooled: Pooled) -> None:
+        """Remove a pooled kernel's container, in the background, and give its ports back."""
+
+        def remove() -> None:
+            try:
+                docker_ops.remove_container(docker_ops.get_client(pooled.plan.host), pooled.container_id)
+            except DockerKernelError as e:
+                log.warning("Pooled kernel %s is left to the reaper: %s", pooled.container_id[:12], e)
+            release_ports(pooled.connection)
+
+        threading.Thread(target=remove, name="dockerkernel-pool-remove", daemon=True).start()
+
+    def ready(self, kernel_name: str) -> int:
+        with self._lock:
+            pool = self._pools.get(kernel_name)
+            return len(pool.ready) if pool else 0
+
+    def wait_filled(self, timeout: float) -> bool:
+        """Wait until no pool is starting a kernel; whether that happened within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while any(p.filling for p in self._pools.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._filled.wait(left)
+        return True
+
+    def close(self) -> None:
+        """Fill no more, and remove every pooled kernel of this process; called at exit."""
+        with self._lock:
+            self._closed = True
+        self.drain()
+
+    def drain(self) -> None:
+        """Remove every pooled kernel of this process, those being started included."""
+        with self._lock:
+            pools, self._pools = self._pools, {}
+        # This machine's engines (see check_warm_pool); those of kernels being started are asked too.
+        hosts = {p.plan.host for pool in pools.values() for p in pool.ready} or {DockerHost()}
+        for pool in pools.values():
+            for pooled in pool.ready:
+                release_ports(pooled.connection)
+        for host in hosts:
+            try:
+                client = docker_ops.get_client(host)
+                for container in docker_ops.pooled_containers(client):
+                    docker_ops.remove_container(client, container.id)
+            except DockerKernelError as e:
+                log.warning("The warm pool's kernels are left to the reaper: %s", e)
+
+
+def _answers(connection: Mapping[str, Any], exit_status: Future[int]) -> bool:
+    """Whether the kernel answers its heartbeat within READY_TIMEOUT, while it runs."""
+    context: Any = zmq.Context.instance()
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline and not exit_status.done():
+        with context.socket(zmq.REQ) as socket:
+            socket.linger = 0
+            socket.connect(f"tcp://127.0.0.1:{connection['hb_port']}")
+            socket.send(b"ping")
+            if socket.poll(500):
+                socket.recv()
+                return True
+    return False
+
+
+# Set in the taken kernel, as the variable is in a cold start's: in its
+# environment, and as IPython's __session__ where its ipykernel sets that.
+# Python 2 and 3 alike.
+_SESSION_NAME_CODE = """\
+import json as _j, os as _o, sys as _s
+_v = _j.loads({value!r})
+_o.environ["JPY_SESSION_NAME"] = _v if _s.version_info[0] > 2 else _v.encode("utf-8")
+try:
+    import inspect as _i, ipykernel.ipkernel as _k
+    if _v and "JPY_SESSION_NAME" in _i.getsource(_k):
+        get_ipython().user_ns["__session__"] = _v
+except Exception:
+    pass
+del _j, _o, _s, _v
+"""
+
+
+def set_session_name(connection: Mapping[str, Any], session: Session, name: str, timeout: float = 10) -> None:
+    """Set JPY_SESSION_NAME in a taken kernel by a silent execution; it leaves no history, no output."""
+    code = _SESSION_NAME_CODE.format(value=json.dumps(name))
+    context: Any = zmq.Context.instance()
+    with context.socket(zmq.DEALER) as shell:
+        shell.linger = 0
+        shell.connect(f"tcp://127.0.0.1:{connection['shell_port']}")
+        content = {
+            "code": code,
+            "silent": True,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+        }
+        request: Any = session.send(shell, "execute_request", content)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if shell.poll(int(max(deadline - time.monotonic(), 0) * 1000) + 1):
+                _, reply = session.feed_identities(shell.recv_multipart())
+                message: Any = session.deserialize(reply)
+                if message["parent_header"].get("msg_id") == request["header"]["msg_id"]:
+                    if message["content"].get("status") != "ok":
+                        raise DockerKernelError(f"the kernel refused its session name: {message['content']}")
+                    return
+        raise DockerKernelError("the pooled kernel did not take its session name in time")
+
+
+POOL = WarmPool()
+atexit.register(POOL.close)
+
+
+def pool_kernel_id() -> str:
+    """A pooled kernel's id, in its name (spec.POOL_NAME_PREFIX) and its kernel-id label."""
+    return f"pool-{uuid.uuid4()}"

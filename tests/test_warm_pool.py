@@ -1,0 +1,183 @@
+"""The warm pool: a start that takes a pooled kernel gets exactly what a cold start gets, faster.
+
+Real kernels on the test engine. A kernelspec with a pool of two: its first
+start is cold and fills the pool; the next start in the same folder takes a
+pooled kernel. Both kernels then report what a notebook can see of itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from dockerkernel import errors, warm_pool
+from dockerkernel.spec import LABEL_OWNER_PID, LABEL_POOL, POOL_NAME_PREFIX
+
+from conftest import IMAGES, CliResult, Kernel
+from waiting import wait_until
+
+pytestmark = pytest.mark.docker
+
+POOL_SIZE = 2
+
+# What a notebook sees of its kernel, Python 2 and 3 alike. Mount sources that
+# name the container itself (its hostname file, its cgroups) have its id masked.
+PROBE = r"""
+import json, os, pwd, re, sys
+def _mounts():
+    found = []
+    for line in open('/proc/self/mountinfo'):
+        fields = line.split()
+        found.append((re.sub('[0-9a-f]{64}', 'ID', fields[3]), fields[4]))
+    return sorted(found)
+_env = dict(os.environ)
+_env.pop('HOSTNAME', None)
+print(json.dumps({
+    'cwd': os.getcwd(), 'env': _env, 'user': pwd.getpwuid(os.getuid()).pw_name,
+    'ids': [os.getuid(), os.getgid(), sorted(os.getgroups())], 'home': os.path.expanduser('~'),
+    'mounts': _mounts(), 'path': sys.path, 'session': globals().get('__session__'),
+}))
+"""
+
+
+@pytest.fixture
+def pool(start_kernel: Any) -> Iterator[warm_pool.WarmPool]:
+    """This process's warm pool, emptied after the test, before its kernels are shut down."""
+    yield warm_pool.POOL
+    assert warm_pool.POOL.wait_filled(timeout=120)
+    warm_pool.POOL.drain()
+
+
+def waiting(client: docker.DockerClient) -> list[Any]:
+    """The pooled kernels of this process that no start has taken."""
+    mine = {"label": [f"{LABEL_OWNER_PID}={os.getpid()}", LABEL_POOL]}
+    return [c for c in client.containers.list(all=True, filters=mine) if c.name.startswith(POOL_NAME_PREFIX)]
+
+
+async def seen_from(kernel: Kernel) -> dict[str, Any]:
+    reply = await kernel.execute(PROBE)
+    assert reply.status == "ok", reply
+    return dict(json.loads(reply.stdout))
+
+
+@pytest.mark.parametrize("flavour", ["py3", "py2"])
+async def test_a_kernel_taken_from_the_pool_is_a_cold_one_but_for_its_own_ports_and_key(
+    flavour: str,
+    install_test_kernel: Callable[..., str],
+    start_kernel: Callable[..., Any],
+    pool: warm_pool.WarmPool,
+    notebook_dir: Path,
+    docker_client: docker.DockerClient,
+    dockerkernel: Callable[..., CliResult],
+) -> None:
+    name = install_test_kernel(flavour, "--warm-pool", str(POOL_SIZE), name=f"pooled-{flavour}")
+    notebook = {n: str(notebook_dir / f"{n}.ipynb") for n in ("a", "b")}
+
+    cold = await start_kernel(name, cwd=str(notebook_dir), env={"JPY_SESSION_NAME": notebook["a"]})
+    assert LABEL_POOL not in docker_client.containers.get(cold.container_id).labels
+    assert pool.wait_filled(timeout=120)
+    assert pool.ready(name) == POOL_SIZE
+    pooled = waiting(docker_client)
+    assert len(pooled) == POOL_SIZE
+    rows = [line for line in dockerkernel("ps").out.splitlines() if "(warm pool)" in line]
+    assert len(rows) == POOL_SIZE and all(name in row for row in rows)
+
+    warm = await start_kernel(name, cwd=str(notebook_dir), env={"JPY_SESSION_NAME": notebook["b"]})
+    container = docker_client.containers.get(warm.container_id)
+    assert container.id in {c.id for c in pooled}  # it was taken from the pool
+    assert container.name == f"dockerkernel-{warm.km.kernel_id}"
+
+    # What the notebook sees: the same as a cold start's, but for the notebook's own name.
+    a, b = await seen_from(cold), await seen_from(warm)
+    assert (a["env"].pop("JPY_SESSION_NAME"), b["env"].pop("JPY_SESSION_NAME")) == (
+        notebook["a"],
+        notebook["b"],
+    )
+    if flavour == "py3":  # ipykernel 7 also names the notebook in __session__, ipykernel 4 does not
+        assert (a["session"], b["session"]) == (notebook["a"], notebook["b"])
+    else:
+        assert a["session"] is b["session"] is None
+    del a["session"], b["session"]
+    assert a == b
+    assert a["cwd"] == str(notebook_dir)
+    assert ["/dockerkernel/home", str(notebook_dir)] == sorted(
+        point for _, point in a["mounts"] if point in ("/dockerkernel/home", str(notebook_dir))
+    )
+
+    # Its ports and key are its own: neither the cold kernel's nor a pooled one's.
+    info = {k: warm.km.get_connection_info()[k] for k in ("shell_port", "iopub_port", "hb_port", "key")}
+    assert not set(info.values()) & {cold.km.get_connection_info()[k] for k in info}
+    assert pool.wait_filled(timeout=120)
+    for other in pool._pools[name].ready:
+        assert not set(info.values()) & {other.connection[k] for k in info}
+
+    # A restart is cold, on the same ports and key, and forgets the state.
+    assert (await warm.execute("x = 1")).status == "ok"
+    await warm.km.restart_kernel()
+    await warm.kc.wait_for_ready(timeout=60)
+    assert (await warm.execute("x")).ename == "NameError"
+    assert LABEL_POOL not in docker_client.containers.get(warm.container_id).labels
+    assert {k: warm.km.get_connection_info()[k] for k in info} == info
+
+
+def test_gpu_kernels_and_other_hosts_are_never_pooled(dockerkernel: Callable[..., CliResult]) -> None:
+    gpus = dockerkernel(
+        "install", "--image", IMAGES["py3"], "--name", "gpu", "--gpus", "1", "--warm-pool", "2", "--no-pull"
+    )
+    assert gpus.code != 0
+    assert gpus.err.strip().endswith(errors.WARM_POOL_WITH_GPUS.format(kernel="gpu", gpus="1", size=2)), (
+        gpus.err
+    )
+    remote = dockerkernel(
+        "install",
+        "--image",
+        IMAGES["py3"],
+        "--name",
+        "far",
+        "--host",
+        "ssh://gpu-3",
+        "--warm-pool",
+        "1",
+        "--no-pull",
+    )
+    assert remote.code != 0
+    assert remote.err.strip().endswith(
+        errors.WARM_POOL_NOT_LOCAL.format(kernel="far", size=1, where="ssh://gpu-3")
+    ), remote.err
+
+
+async def test_a_server_that_stops_leaves_no_pooled_kernel_and_one_killed_leaves_them_to_prune(
+    install_test_kernel: Callable[..., str],
+    jupyter_server: Any,
+    notebook_dir: Path,
+    docker_client: docker.DockerClient,
+    dockerkernel: Callable[..., CliResult],
+) -> None:
+    name = install_test_kernel("py3", "--warm-pool", "1", name="pooled")
+    body = {"path": "project/a.ipynb", "type": "notebook", "kernel": {"name": name}}
+
+    def pooled_by(server: Any) -> list[Any]:
+        owner = {"label": [f"{LABEL_OWNER_PID}={server.process.pid}", LABEL_POOL]}
+        return docker_client.containers.list(all=True, filters=owner)
+
+    for stop in (signal.SIGTERM, signal.SIGKILL):
+        server = await jupyter_server(notebook_dir.parent)
+        session = await server.api("POST", "/api/sessions", body)
+        await wait_until(lambda server=server: pooled_by(server), "the server to fill its warm pool")
+        await server.api("DELETE", f"/api/sessions/{session['id']}")
+        server.process.send_signal(stop)
+        server.process.wait(60)
+        if (
+            stop == signal.SIGKILL
+        ):  # its kernels are orphans: the next server's reaper, or prune, removes them
+            assert pooled_by(server)
+            result = dockerkernel("prune")
+            assert result.code == 0, result.err
+        assert not pooled_by(server)
