@@ -90,4 +90,10 @@ PATH="$venv/bin:$PATH" bash tests/images/build.sh
 
 log "running the tests"
 # pytest (not python -m pytest), so that the installed package is tested, not the source tree.
-exec "$venv/bin/pytest" -p no:cacheprovider -rs "$@"
+"$venv/bin/pytest" -p no:cacheprovider -rs "$@"
+if [ $# -eq 0 ]; then
+    # A short run of the performance benchmark, as a smoke test: its figures are printed,
+    # never asserted (these machines are noisy); it fails only if a measure cannot be made.
+    log "a short benchmark run"
+    "$venv/bin/python" benchmarks/performance.py --quick 2> >(grep -v "without encryption" >&2)
+fi
