@@ -889,8 +889,16 @@ def remove_left_behind(client: docker.DockerClient) -> None:
         log.info("Removed container %s, left behind while the daemon was out of reach", container_id[:12])
 
 
+HOME_RELEASE_WAIT = 2.0  # seconds a home's kernels may take to be seen exited
+
+
 def remove_home(client: docker.DockerClient, volume: str) -> bool:
-    """Remove a kernel's home volume; False when there was none."""
+    """Remove a kernel's home volume; False when there was none.
+
+    Kernels that have exited may still hold it for a moment: a shutdown ends at
+    the kernel's exit, and its container is removed just after. Their removal
+    is made, or waited for, here; a kernel that still runs is an error.
+    """
     with _daemon_errors():
         try:
             client.api.remove_volume(volume)
@@ -898,9 +906,33 @@ def remove_home(client: docker.DockerClient, volume: str) -> bool:
         except NotFound:
             return False
         except APIError as e:
-            if e.status_code == 409:
-                raise DockerKernelError(errors.HOME_IN_USE.format(volume=volume)) from e
-            raise
+            if e.status_code != 409:
+                raise
+            in_use = DockerKernelError(errors.HOME_IN_USE.format(volume=volume))
+            running = ("running", "paused", "restarting")
+            # The engine says 'running' until it has released an exited container's network.
+            deadline = time.monotonic() + HOME_RELEASE_WAIT
+            while True:
+                holders = client.api.containers(all=True, filters={"volume": volume})
+                if any(LABEL_KERNEL_ID not in (h.get("Labels") or {}) for h in holders):
+                    raise in_use from e
+                if not any(h.get("State") in running for h in holders):
+                    break
+                if time.monotonic() > deadline:
+                    raise in_use from e
+                time.sleep(0.05)
+            for holder in holders:
+                remove_container(client, holder["Id"])  # one whose removal is under way is fine
+            deadline = time.monotonic() + api_timeout()
+            while client.api.containers(all=True, filters={"volume": volume}):
+                if time.monotonic() > deadline:
+                    raise in_use from e
+                time.sleep(0.05)
+        try:
+            client.api.remove_volume(volume)
+            return True
+        except NotFound:
+            return False
 
 
 @dataclass(frozen=True)

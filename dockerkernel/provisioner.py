@@ -52,6 +52,12 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(_executor, fn, *args)
 
 
+def _discard_taken(taken: Future[warm_pool.Pooled | None]) -> None:
+    pooled = None if taken.exception() else taken.result()
+    if pooled is not None:
+        warm_pool.POOL.discard(pooled)
+
+
 class KernelState(enum.Enum):
     """Where a kernel is in its lifecycle; the provisioner changes it on the server's event loop only."""
 
@@ -240,7 +246,9 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         with self._deferred_if_fallback():
             self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
         if first_start and self._plan is not None and self._pool_size():
-            self._take_from_pool(km, self._plan, env)
+            pooled = await self._take_pooled(self._plan)
+            if pooled is not None:
+                self._adopt_ports_and_key(km, pooled, env)
         kwargs["cmd"] = self._plan.create_kwargs["command"] if self._plan else []
         return kwargs
 
@@ -249,15 +257,33 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         km: Any = self.parent
         return 0 if km.curve_publickey is not None or self._start_error else int(self.warm_pool)
 
-    def _take_from_pool(self, km: Any, plan: ContainerPlan, env: dict[str, str]) -> None:
-        """Take a pooled kernel whose container is the planned one but for its ports and key, and adopt those.
+    async def _take_pooled(self, plan: ContainerPlan) -> warm_pool.Pooled | None:
+        """A pooled kernel for ``plan``: a ready one, or one being started, waited for in a thread."""
+        pooled = warm_pool.POOL.take(self.kernel_name, plan, timeout=0)
+        if pooled is not None or not warm_pool.POOL.starting(self.kernel_name, plan):
+            return pooled
+        taken: Future[warm_pool.Pooled | None] = Future()
+        taken.set_running_or_notify_cancel()  # so that a cancelled await cannot cancel it
+
+        def take() -> None:
+            try:
+                taken.set_result(warm_pool.POOL.take(self.kernel_name, plan))
+            except BaseException as e:
+                taken.set_exception(e)
+
+        threading.Thread(target=take, name=f"dockerkernel-take-{self.kernel_id}", daemon=True).start()
+        try:
+            return await asyncio.wrap_future(taken)
+        except asyncio.CancelledError:  # the start is cancelled: a kernel taken meanwhile goes
+            taken.add_done_callback(_discard_taken)
+            raise
+
+    def _adopt_ports_and_key(self, km: Any, pooled: warm_pool.Pooled, env: dict[str, str]) -> None:
+        """Make a pooled kernel's ports and key this kernel's, for launch_kernel() to take it.
 
         The ports that pre_launch() chose go back; the connection file is
         written again with the pooled kernel's ports and key.
         """
-        pooled = warm_pool.POOL.take(self.kernel_name, plan)
-        if pooled is None:
-            return
         ports = LocalPortCache.instance()
         for port_name in PORT_NAMES:
             ports.return_port(getattr(km, port_name))
@@ -350,7 +376,6 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             "Kernel %s runs in container %s (image %s)", self.kernel_id, kernel.handle[:12], self.image
         )
         self._heartbeat = asyncio.ensure_future(self._watch_heartbeat(kernel.exit))
-        self._fill_pool()
         return {**self.connection_info, "ip": kernel.ip}
 
     async def _adopt_pooled(self) -> Launched | None:
@@ -460,6 +485,8 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
                     await socket.recv()
                     if self._state is KernelState.STARTING:
                         self._state = KernelState.READY
+                    # Only now: kernels started ahead would slow this one's own start-up.
+                    self._fill_pool()
                     return
             finally:
                 socket.close()

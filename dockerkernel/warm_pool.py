@@ -107,19 +107,35 @@ class WarmPool:
         self._closed = False
         self._filled = threading.Condition(self._lock)
 
-    def take(self, kernel_name: str, plan: ContainerPlan) -> Pooled | None:
-        """A ready kernel whose plan is ``plan`` but for what is each kernel's own; None if there is none."""
+    def take(self, kernel_name: str, plan: ContainerPlan, timeout: float = READY_TIMEOUT) -> Pooled | None:
+        """A ready kernel whose plan is ``plan`` but for what is each kernel's own; None if there is none.
+
+        Where none is ready but one is being started, it is waited for, up to
+        ``timeout`` seconds: it started before this start, so it is ready sooner
+        than a cold start would be. Blocks: call it from a thread.
+        """
         wanted = fingerprint(plan)
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                pool = self._pools.get(kernel_name)
+                if pool is None or pool.print != wanted:
+                    return None
+                while pool.ready:
+                    pooled = pool.ready.pop(0)
+                    if not pooled.exit.done():
+                        return pooled
+                    self.discard(pooled)  # it died in the pool
+                left = deadline - time.monotonic()
+                if not pool.filling or left <= 0:
+                    return None
+                self._filled.wait(left)
+
+    def starting(self, kernel_name: str, plan: ContainerPlan) -> bool:
+        """Whether a kernel for ``plan`` is being started for the pool."""
         with self._lock:
             pool = self._pools.get(kernel_name)
-            if pool is None or pool.print != wanted:
-                return None
-            while pool.ready:
-                pooled = pool.ready.pop(0)
-                if not pooled.exit.done():
-                    return pooled
-                self._discard(pooled)  # it died in the pool
-        return None
+            return pool is not None and pool.filling > 0 and pool.print == fingerprint(plan)
 
     def fill(
         self,
@@ -142,7 +158,7 @@ class WarmPool:
             pool = self._pools.setdefault(kernel_name, _Kernelspec())
             if pool.print != wanted:
                 for old in pool.ready:
-                    self._discard(old)
+                    self.discard(old)
                 pool.ready.clear()
                 pool.print = wanted
             missing = size - len(pool.ready) - pool.filling
@@ -152,7 +168,7 @@ class WarmPool:
             connection = new_connection(template)
             threading.Thread(
                 target=self._start_one,
-                args=(kernel_name, wanted, plan_for, connection),
+                args=(kernel_name, wanted, plan_for, connection, pool),
                 name="dockerkernel-pool",
                 daemon=True,
             ).start()
@@ -163,33 +179,39 @@ class WarmPool:
         wanted: str,
         plan_for: Callable[[dict[str, Any]], ContainerPlan],
         connection: dict[str, Any],
+        pool: _Kernelspec,
     ) -> None:
         pooled: Pooled | None = None
+        answered = False
         try:
             plan = plan_for(connection)
             container_id, exit_status = docker_ops.run_kernel_container(plan, "never", log)
             pooled = Pooled(container_id, exit_status, connection, plan, wanted)
-            if not _answers(connection, exit_status):
-                raise DockerKernelError(f"pooled kernel {container_id[:12]} did not answer its heartbeat")
+            answered = _answers(connection, exit_status)
+            if not answered:
+                log.warning("The warm pool of kernel %s: %s never answered", kernel_name, container_id[:12])
         except Exception as e:  # a pool that cannot fill only makes starts cold
             log.warning("The warm pool of kernel %s could not start a kernel: %s", kernel_name, e)
-            if pooled is not None:
-                self._discard(pooled)
-            else:
-                release_ports(connection)
-            with self._lock:
-                self._pools[kernel_name].filling -= 1
-            return
         with self._lock:
-            pool = self._pools[kernel_name]
             pool.filling -= 1
-            if self._closed or pool.print != wanted:
-                self._discard(pooled)
-            else:
+            # Kept where its pool was neither drained nor moved to another folder meanwhile.
+            kept = (
+                answered
+                and not self._closed
+                and self._pools.get(kernel_name) is pool
+                and pool.print == wanted
+            )
+            if kept and pooled is not None:
                 pool.ready.append(pooled)
             self._filled.notify_all()
+        if kept:
+            return
+        if pooled is not None:
+            self.discard(pooled, background=not self._closed)  # at exit: before the process ends
+        else:
+            release_ports(connection)
 
-    def _discard(self, pooled: Pooled) -> None:
+    def discard(self, pooled: Pooled, background: bool = True) -> None:
         """Remove a pooled kernel's container, in the background, and give its ports back."""
 
         def remove() -> None:
@@ -199,7 +221,10 @@ class WarmPool:
                 log.warning("Pooled kernel %s is left to the reaper: %s", pooled.container_id[:12], e)
             release_ports(pooled.connection)
 
-        threading.Thread(target=remove, name="dockerkernel-pool-remove", daemon=True).start()
+        if background:
+            threading.Thread(target=remove, name="dockerkernel-pool-remove", daemon=True).start()
+        else:
+            remove()
 
     def ready(self, kernel_name: str) -> int:
         with self._lock:

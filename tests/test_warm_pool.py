@@ -58,7 +58,8 @@ def pool(start_kernel: Any) -> Iterator[warm_pool.WarmPool]:
 def waiting(client: docker.DockerClient) -> list[Any]:
     """The pooled kernels of this process that no start has taken."""
     mine = {"label": [f"{LABEL_OWNER_PID}={os.getpid()}", LABEL_POOL]}
-    return [c for c in client.containers.list(all=True, filters=mine) if c.name.startswith(POOL_NAME_PREFIX)]
+    found = client.containers.list(all=True, sparse=True, filters=mine)
+    return [c for c in found if c.attrs["Names"][0].startswith("/" + POOL_NAME_PREFIX)]
 
 
 async def seen_from(kernel: Kernel) -> dict[str, Any]:
@@ -153,7 +154,7 @@ def test_gpu_kernels_and_other_hosts_are_never_pooled(dockerkernel: Callable[...
     ), remote.err
 
 
-async def test_a_server_that_stops_leaves_no_pooled_kernel_and_one_killed_leaves_them_to_prune(
+async def test_a_server_takes_pooled_kernels_and_leaves_none_when_it_stops_or_to_prune_when_killed(
     install_test_kernel: Callable[..., str],
     jupyter_server: Any,
     notebook_dir: Path,
@@ -161,23 +162,41 @@ async def test_a_server_that_stops_leaves_no_pooled_kernel_and_one_killed_leaves
     dockerkernel: Callable[..., CliResult],
 ) -> None:
     name = install_test_kernel("py3", "--warm-pool", "1", name="pooled")
-    body = {"path": "project/a.ipynb", "type": "notebook", "kernel": {"name": name}}
+
+    def body(notebook: str) -> dict[str, Any]:
+        path = f"project/{notebook}"
+        return {"path": path, "name": notebook, "type": "notebook", "kernel": {"name": name}}
+
+    def started_by(server: Any) -> list[Any]:
+        owner = {"label": f"{LABEL_OWNER_PID}={server.process.pid}"}
+        return docker_client.containers.list(all=True, sparse=True, filters=owner)
 
     def pooled_by(server: Any) -> list[Any]:
-        owner = {"label": [f"{LABEL_OWNER_PID}={server.process.pid}", LABEL_POOL]}
-        return docker_client.containers.list(all=True, filters=owner)
+        return [c for c in started_by(server) if c.attrs["Names"][0].startswith("/" + POOL_NAME_PREFIX)]
 
     for stop in (signal.SIGTERM, signal.SIGKILL):
         server = await jupyter_server(notebook_dir.parent)
-        session = await server.api("POST", "/api/sessions", body)
+        session = await server.api("POST", "/api/sessions", body("a.ipynb"))
         await wait_until(lambda server=server: pooled_by(server), "the server to fill its warm pool")
+        if stop == signal.SIGTERM:
+            # The next notebook takes the pooled kernel, and the server drives it with its key.
+            taken = await server.api("POST", "/api/sessions", body("b.ipynb"))
+            kernel_id = taken["kernel"]["id"]
+            (container,) = docker_client.containers.list(filters={"name": f"dockerkernel-{kernel_id}"})
+            assert LABEL_POOL in container.labels
+            ws = await server.kernel_websocket(kernel_id, taken["id"])
+            try:
+                run = await ws.execute("import os\nprint(os.environ['JPY_SESSION_NAME'])")
+                assert run.stdout == f"{notebook_dir / 'b.ipynb'}\n"
+            finally:
+                ws.close()
+            await wait_until(lambda server=server: pooled_by(server), "the server to fill its pool again")
         await server.api("DELETE", f"/api/sessions/{session['id']}")
         server.process.send_signal(stop)
         server.process.wait(60)
-        if (
-            stop == signal.SIGKILL
-        ):  # its kernels are orphans: the next server's reaper, or prune, removes them
+        if stop == signal.SIGKILL:
+            # Its kernels are orphans: the next server's reaper, or prune, removes them.
             assert pooled_by(server)
             result = dockerkernel("prune")
             assert result.code == 0, result.err
-        assert not pooled_by(server)
+        assert not started_by(server)
