@@ -100,6 +100,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     _ip = "127.0.0.1"  # where the server reaches the kernel's ports: here, a tcp:// host or a node
     _pooled: warm_pool.Pooled | None = None  # taken from the warm pool by pre_launch(), for launch_kernel()
     _session_name: str | None = None  # the JPY_SESSION_NAME that a pooled kernel is given
+    _pool_off = False  # warm_pool is set where a pool cannot be (GPUs, another host): see check_warm_pool
 
     def __init__(self, **kwargs: Any) -> None:
         spec = kwargs.get("kernel_spec")
@@ -112,7 +113,11 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         except TraitError as e:
             raise DockerKernelError(errors.INVALID_SETTING.format(kernel=name, reason=e)) from e
         self.kernel_name = name
-        check_warm_pool(self, name)
+        try:
+            check_warm_pool(self, name)
+        except DockerKernelError as e:  # a server-wide warm_pool, say, for a GPU kernel: cold starts
+            self.log.warning("Kernel %s: no warm pool: %s", name, e)
+            self._pool_off = True
         self._backend: Backend = (
             SwarmBackend(self.host(), list(self.constraints), self.gpu_resource, self.start_timeout)
             if self.backend == "swarm"
@@ -255,7 +260,8 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     def _pool_size(self) -> int:
         """The warm pool's size for this kernel: 0 where its channels are encrypted (the pool's are not)."""
         km: Any = self.parent
-        return 0 if km.curve_publickey is not None or self._start_error else int(self.warm_pool)
+        off = self._pool_off or km.curve_publickey is not None or self._start_error
+        return 0 if off else int(self.warm_pool)
 
     async def _take_pooled(self, plan: ContainerPlan) -> warm_pool.Pooled | None:
         """A pooled kernel for ``plan``: a ready one, or one being started, waited for in a thread."""

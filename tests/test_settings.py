@@ -119,6 +119,17 @@ def test_kernelspec_config_overrides_server_config_which_overrides_defaults() ->
     assert provisioner.pull_policy == "missing"  # the default
 
 
+def test_a_server_wide_warm_pool_leaves_gpu_kernels_cold_with_a_warning(caplog: Any) -> None:
+    server = Config()
+    server.DockerProvisioner.warm_pool = 2
+    cpu = DockerProvisioner(kernel_id="1", kernel_spec=_spec(), config=server, image="img")
+    assert not cpu._pool_off
+    with caplog.at_level("WARNING"):
+        gpu = DockerProvisioner(kernel_id="2", kernel_spec=_spec(), config=server, image="img", gpus="1")
+    assert gpu._pool_off
+    assert errors.WARM_POOL_WITH_GPUS.format(kernel="k", gpus="1", size=2) in caplog.text
+
+
 def test_check_launchable(tmp_path: Any) -> None:
     with pytest.raises(DockerKernelError, match="names no Docker image"):
         check_launchable(DockerSettings(), "k", str(tmp_path))
