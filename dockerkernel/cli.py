@@ -316,7 +316,8 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
     if args.purge and kernel is not None and home:
         client = docker_ops.get_client(kernel.host)
         # Kernels waiting in a warm pool are nobody's yet: they go, and let go of the home.
-        for pooled in docker_ops.waiting_in_pool(client, args.name):
+        mine = {LABEL_OWNER_UID: str(os.getuid()), LABEL_KERNELSPEC: args.name}
+        for pooled in docker_ops.waiting_in_pool(client, **mine):
             docker_ops.remove_container(client, pooled.id)
         # First the home, which a running kernel may hold: then nothing is half removed.
         removed = docker_ops.remove_home(client, home)

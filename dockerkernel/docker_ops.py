@@ -966,16 +966,9 @@ def kernel_containers(client: docker.DockerClient, **label_filters: str) -> list
     ]
 
 
-def pooled_containers(client: docker.DockerClient) -> list[Listed]:
-    """The warm-pool kernels that this process started and no start has taken."""
-    mine = {LABEL_OWNER_PID: str(os.getpid()), LABEL_OWNER_HOST: socket.gethostname()}
-    return [c for c in kernel_containers(client, **mine) if c.name.startswith(POOL_NAME_PREFIX)]
-
-
-def waiting_in_pool(client: docker.DockerClient, kernel_name: str) -> list[Listed]:
-    """This user's warm-pool kernels of a kernelspec that no start has taken, of any process."""
-    mine = {LABEL_OWNER_UID: str(os.getuid()), LABEL_KERNELSPEC: kernel_name}
-    return [c for c in kernel_containers(client, **mine) if c.name.startswith(POOL_NAME_PREFIX)]
+def waiting_in_pool(client: docker.DockerClient, **label_filters: str) -> list[Listed]:
+    """The warm-pool kernels that no start has taken, filtered by label values as kernel_containers()."""
+    return [c for c in kernel_containers(client, **label_filters) if c.name.startswith(POOL_NAME_PREFIX)]
 
 
 def rename_container(client: docker.DockerClient, container_id: str, name: str) -> None:

@@ -33,7 +33,6 @@ from .errors import DockerKernelError, NotSignalable, PortTaken
 from .identity import host_identity
 from .settings import DockerSettings
 from .spec import LABEL_POOL, PORT_NAMES, ContainerPlan, plan_container
-from .warm_pool import pool_kernel_id
 
 T = TypeVar("T")
 
@@ -52,10 +51,38 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(_executor, fn, *args)
 
 
-def _discard_taken(taken: Future[warm_pool.Pooled | None]) -> None:
-    pooled = None if taken.exception() else taken.result()
-    if pooled is not None:
-        warm_pool.POOL.discard(pooled)
+async def _in_own_thread(
+    name: str,
+    fn: Callable[[], T],
+    if_cancelled: Callable[[T], None],
+    cancelled: threading.Event | None = None,
+) -> T:
+    """``fn()`` in a daemon thread of its own, for a call that may take long and can be cancelled.
+
+    A cancelled await returns at once: ``cancelled`` is set, and the thread's
+    result, once there is one, goes to ``if_cancelled``, which undoes it.
+    """
+    done: Future[T] = Future()
+    done.set_running_or_notify_cancel()  # so that a cancelled await cannot cancel it
+
+    def run() -> None:
+        try:
+            done.set_result(fn())
+        except BaseException as e:
+            done.set_exception(e)
+
+    def undo(finished: Future[T]) -> None:
+        if finished.exception() is None:
+            if_cancelled(finished.result())
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    try:
+        return await asyncio.wrap_future(done)
+    except asyncio.CancelledError:
+        if cancelled is not None:
+            cancelled.set()
+        done.add_done_callback(undo)
+        raise
 
 
 class KernelState(enum.Enum):
@@ -268,21 +295,16 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         pooled = warm_pool.POOL.take(self.kernel_name, plan, timeout=0)
         if pooled is not None or not warm_pool.POOL.starting(self.kernel_name, plan):
             return pooled
-        taken: Future[warm_pool.Pooled | None] = Future()
-        taken.set_running_or_notify_cancel()  # so that a cancelled await cannot cancel it
 
-        def take() -> None:
-            try:
-                taken.set_result(warm_pool.POOL.take(self.kernel_name, plan))
-            except BaseException as e:
-                taken.set_exception(e)
+        def give_back(taken: warm_pool.Pooled | None) -> None:  # taken for a start that was cancelled
+            if taken is not None:
+                warm_pool.POOL.discard(taken)
 
-        threading.Thread(target=take, name=f"dockerkernel-take-{self.kernel_id}", daemon=True).start()
-        try:
-            return await asyncio.wrap_future(taken)
-        except asyncio.CancelledError:  # the start is cancelled: a kernel taken meanwhile goes
-            taken.add_done_callback(_discard_taken)
-            raise
+        return await _in_own_thread(
+            f"dockerkernel-take-{self.kernel_id}",
+            lambda: warm_pool.POOL.take(self.kernel_name, plan),
+            give_back,
+        )
 
     def _adopt_ports_and_key(self, km: Any, pooled: warm_pool.Pooled, env: dict[str, str]) -> None:
         """Make a pooled kernel's ports and key this kernel's, for launch_kernel() to take it.
@@ -309,7 +331,9 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         args = {**self._plan_args, "launch_env": {}}  # the notebook's name is set as a start takes one
 
         def plan_for(connection: dict[str, Any]) -> ContainerPlan:
-            plan = plan_container(self, connection_info=connection, **{**args, "kernel_id": pool_kernel_id()})
+            plan = plan_container(
+                self, connection_info=connection, **{**args, "kernel_id": warm_pool.pool_kernel_id()}
+            )
             labels = {**plan.create_kwargs["labels"], LABEL_POOL: "1"}
             return replace(plan, create_kwargs={**plan.create_kwargs, "labels": labels})
 
@@ -392,13 +416,12 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         """
         pooled, self._pooled = self._pooled, None
         assert pooled is not None
-        km: Any = self.parent
 
         def adopt() -> None:
             client = docker_ops.get_client(pooled.plan.host)
             docker_ops.rename_container(client, pooled.container_id, f"dockerkernel-{self.kernel_id}")
             if self._session_name is not None:
-                warm_pool.set_session_name(pooled.connection, km.session, self._session_name)
+                warm_pool.set_session_name(pooled.connection, self._session_name)
 
         try:
             await _in_thread(adopt)
@@ -438,37 +461,25 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         the cancellation.
         """
         cancelled = threading.Event()
-        started: Future[Launched] = Future()
-        started.set_running_or_notify_cancel()  # so that a cancelled await cannot cancel it
 
-        def run() -> None:
+        def remove(started: Launched) -> None:
+            container_id = started.handle
+            self.log.info(
+                "Kernel %s: removing container %s, started after a cancel", self.kernel_id, container_id[:12]
+            )
             try:
-                started.set_result(self._backend.launch(plan, self.pull_policy, self.log, cancelled))
-            except BaseException as e:
-                started.set_exception(e)
-
-        def remove_if_started(done: Future[Launched]) -> None:
-            if done.exception() is None:
-                container_id = done.result().handle
-                self.log.info(
-                    "Kernel %s: removing container %s, started after a cancel",
-                    self.kernel_id,
-                    container_id[:12],
+                self._backend.remove(container_id)
+            except DockerKernelError as e:
+                self.log.warning(
+                    "Kernel %s: container %s is left behind: %s", self.kernel_id, container_id[:12], e
                 )
-                try:
-                    self._backend.remove(container_id)
-                except DockerKernelError as e:
-                    self.log.warning(
-                        "Kernel %s: container %s is left behind: %s", self.kernel_id, container_id[:12], e
-                    )
 
-        threading.Thread(target=run, name=f"dockerkernel-start-{self.kernel_id}", daemon=True).start()
-        try:
-            return await asyncio.wrap_future(started)
-        except asyncio.CancelledError:
-            cancelled.set()
-            started.add_done_callback(remove_if_started)
-            raise
+        return await _in_own_thread(
+            f"dockerkernel-start-{self.kernel_id}",
+            lambda: self._backend.launch(plan, self.pull_policy, self.log, cancelled),
+            remove,
+            cancelled,
+        )
 
     async def _watch_heartbeat(self, exit_status: Future[int] | None) -> None:
         """Ping the kernel's heartbeat until it answers once, or its container exits.

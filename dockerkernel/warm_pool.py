@@ -29,22 +29,34 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Any
+from queue import Empty
+from typing import Any, cast
 
 import zmq
-from jupyter_client.connect import LocalPortCache
-from jupyter_client.session import Session, new_id_bytes
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
+from jupyter_client.session import new_id_bytes
 
 from . import docker_ops
 from .errors import DockerKernelError
 from .hosts import DockerHost
-from .spec import LABEL_KERNEL_ID, LABEL_POOL, PASSED_THROUGH, PORT_NAMES, ContainerPlan
+from .spec import (
+    LABEL_KERNEL_ID,
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
+    LABEL_POOL,
+    PASSED_THROUGH,
+    PORT_NAMES,
+    ContainerPlan,
+)
 
 log = logging.getLogger("dockerkernel.warm_pool")
 
@@ -260,7 +272,8 @@ class WarmPool:
         for host in hosts:
             try:
                 client = docker_ops.get_client(host)
-                for container in docker_ops.pooled_containers(client):
+                mine = {LABEL_OWNER_PID: str(os.getpid()), LABEL_OWNER_HOST: socket.gethostname()}
+                for container in docker_ops.waiting_in_pool(client, **mine):
                     docker_ops.remove_container(client, container.id)
             except DockerKernelError as e:
                 log.warning("The warm pool's kernels are left to the reaper: %s", e)
@@ -271,12 +284,12 @@ def _answers(connection: Mapping[str, Any], exit_status: Future[int]) -> bool:
     context: Any = zmq.Context.instance()
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline and not exit_status.done():
-        with context.socket(zmq.REQ) as socket:
-            socket.linger = 0
-            socket.connect(f"tcp://127.0.0.1:{connection['hb_port']}")
-            socket.send(b"ping")
-            if socket.poll(500):
-                socket.recv()
+        with context.socket(zmq.REQ) as probe:
+            probe.linger = 0
+            probe.connect(f"tcp://127.0.0.1:{connection['hb_port']}")
+            probe.send(b"ping")
+            if probe.poll(500):
+                probe.recv()
                 return True
     return False
 
@@ -298,31 +311,26 @@ del _j, _o, _s, _v
 """
 
 
-def set_session_name(connection: Mapping[str, Any], session: Session, name: str, timeout: float = 10) -> None:
+def set_session_name(connection: Mapping[str, Any], name: str, timeout: float = 10) -> None:
     """Set JPY_SESSION_NAME in a taken kernel by a silent execution; it leaves no history, no output."""
-    code = _SESSION_NAME_CODE.format(value=json.dumps(name))
-    context: Any = zmq.Context.instance()
-    with context.socket(zmq.DEALER) as shell:
-        shell.linger = 0
-        shell.connect(f"tcp://127.0.0.1:{connection['shell_port']}")
-        content = {
-            "code": code,
-            "silent": True,
-            "store_history": False,
-            "user_expressions": {},
-            "allow_stdin": False,
-        }
-        request: Any = session.send(shell, "execute_request", content)
+    client = BlockingKernelClient(context=zmq.Context.instance())
+    client.load_connection_info(cast(KernelConnectionInfo, dict(connection)))
+    client.start_channels(iopub=False, stdin=False, hb=False, control=False)
+    try:
+        msg_id = client.execute(
+            _SESSION_NAME_CODE.format(value=json.dumps(name)), silent=True, store_history=False
+        )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if shell.poll(int(max(deadline - time.monotonic(), 0) * 1000) + 1):
-                _, reply = session.feed_identities(shell.recv_multipart())
-                message: Any = session.deserialize(reply)
-                if message["parent_header"].get("msg_id") == request["header"]["msg_id"]:
-                    if message["content"].get("status") != "ok":
-                        raise DockerKernelError(f"the kernel refused its session name: {message['content']}")
-                    return
-        raise DockerKernelError("the pooled kernel did not take its session name in time")
+        while True:
+            reply = client.get_shell_msg(timeout=max(deadline - time.monotonic(), 0))
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
+    except Empty:
+        raise DockerKernelError("the pooled kernel did not take its session name in time") from None
+    finally:
+        client.stop_channels()
+    if reply["content"].get("status") != "ok":
+        raise DockerKernelError(f"the kernel refused its session name: {reply['content']}")
 
 
 POOL = WarmPool()
