@@ -73,6 +73,12 @@ async def cycle(mkm: AsyncMultiKernelManager, name: str, cwd: str, ports: set[in
         await kc.wait_for_ready(timeout=60)
         reply = await kc.execute_interactive("print(6 * 7)", timeout=30, output_hook=lambda msg: None)
         assert reply["content"]["status"] == "ok"
+    except Exception:
+        # What the kernel said, before its container goes with the shutdown below.
+        container = docker.from_env().containers.get(km.provisioner.container_id)
+        print(f"--- kernel {kernel_id}, container {container.short_id}, {container.attrs['State']}")
+        print(container.logs(tail=50).decode(errors="replace"))
+        raise
     finally:
         kc.stop_channels()
         await mkm.shutdown_kernel(kernel_id)
