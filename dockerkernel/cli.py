@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any, TypeVar
 
-from . import __version__, docker_ops, doctor, errors, images, kernelspec, swarm
+from . import __version__, channels, docker_ops, doctor, errors, images, kernelspec, swarm
 from .backends import prune_host
 from .config import check_warm_pool, make_settings
 from .errors import DockerKernelError
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python", metavar="EXE", help="the Python inside the image (default: python3)")
     p.add_argument("--run-as", metavar="host|image|UID[:GID]", help=_help("user"))
     p.add_argument("--network", help=_help("network"))
+    p.add_argument("--channels", choices=["auto", "ipc", "tcp"], help=_help("channels"))
     p.add_argument("--home", choices=["volume", "container"], help=_help("home"))
     p.add_argument("--mount", metavar="auto|notebook|PATH", help=_help("mount"))
     p.add_argument("--shm-size", help=_help("shm_size"))
@@ -172,6 +173,7 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
         ("when_gpus_busy", "when_gpus_busy"),
         ("run_as", "user"),
         ("network", "network"),
+        ("channels", "channels"),
         ("home", "home"),
         ("mount", "mount"),
         ("shm_size", "shm_size"),
@@ -215,6 +217,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         raise DockerKernelError(errors.TLS_FILES_MISSING.format(host=host.url))
     if host.scheme == "tcp" or settings.backend == "swarm":
         args.curve = True  # its channels cross the network: they must be encrypted
+    if settings.channels == "ipc" or settings.network == "none":
+        _check_channels(settings, name)
     prefix = sys.prefix if args.sys_prefix else args.prefix
     metadata: dict[str, Any] = {}
     if args.dockerfile:
@@ -240,6 +244,22 @@ def cmd_install(args: argparse.Namespace) -> int:
     )
     print(f"Installed kernelspec {name} in {path}")
     return 0
+
+
+def _check_channels(settings: DockerSettings, name: str) -> None:
+    """Refuse, at install, a kernelspec whose channels cannot be what it needs: ipc sockets."""
+    chosen = docker_ops.channels_for(settings)  # IPC_IMPOSSIBLE for channels 'ipc'
+    if settings.network == "none" and chosen.transport != "ipc":
+        raise DockerKernelError(errors.NETWORK_NONE_NEEDS_IPC.format(kernel=name, reason=chosen.reason))
+
+
+def _channels_of(kernel: kernelspec.InstalledKernel) -> str:
+    """How the server reaches a kernelspec's kernels, for `list`; its engine is asked where it is local."""
+    try:
+        settings = make_settings(DockerSettings, kernelspec.config_of(kernel.name), kernel.name)
+        return docker_ops.channels_for(settings).describe()
+    except DockerKernelError as e:
+        return f"? ({e})"
 
 
 def _check_despite_no_pull(args: argparse.Namespace, image: str, host: DockerHost) -> bool:
@@ -336,12 +356,14 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     kernels = kernelspec.installed()
     if args.json:
-        print(json.dumps([asdict(k) for k in kernels], indent=1))
+        print(json.dumps([{**asdict(k), "channels": _channels_of(k)} for k in kernels], indent=1))
     elif not kernels:
         print("No dockerkernel kernelspecs are installed: try `dockerkernel install python3`.")
     else:
-        rows = [(k.name, k.image, k.gpus, k.home or "(in the container)", k.path) for k in kernels]
-        print(_table([("NAME", "IMAGE", "GPUS", "HOME VOLUME", "LOCATION"), *rows]))
+        rows = [
+            (k.name, k.image, k.gpus, _channels_of(k), k.home or "(in the container)", k.path) for k in kernels
+        ]
+        print(_table([("NAME", "IMAGE", "GPUS", "CHANNELS", "HOME VOLUME", "LOCATION"), *rows]))
     return 0
 
 
@@ -443,6 +465,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     pruned, answered = _per_host(prune_host)
+    channels.prune(docker_ops.owner_alive)  # the sockets' folders of the same servers and launchers
     removed = len(pruned)
     print(f"Removed {removed} kernel container{'s' if removed != 1 else ''} whose owner is gone.")
     return 0 if answered else 1

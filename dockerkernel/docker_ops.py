@@ -11,8 +11,10 @@ import io
 import itertools
 import logging
 import os
+import platform
 import pwd
 import socket
+import sys
 import tarfile
 import threading
 import time
@@ -32,10 +34,13 @@ from docker.tls import TLSConfig
 from docker.utils import kwargs_from_env, parse_repository_tag
 
 from . import errors, gpus
+from .channels import Channels
+from .channels import choose as choose_channels
 from .errors import DockerKernelError, GpusUnavailable, PortTaken
 from .gpus import Gpu, GpuSupport, Holding
 from .hosts import DockerHost
 from .pulls import PullLog
+from .settings import DockerSettings
 from .spec import (
     LABEL_GPU_LOCK,
     LABEL_GPUS,
@@ -495,10 +500,53 @@ def engine_of(client: docker.DockerClient) -> Engine:
                 response = client.api.get(url, timeout=api_timeout())
                 response.raise_for_status()
                 rootless = bool(response.json().get("host", {}).get("security", {}).get("rootless"))
-            else:
-                rootless = "name=rootless" in (client.info().get("SecurityOptions") or [])
-        _engines[key] = Engine(podman=podman, rootless=rootless)
+            info = client.info()
+            security = info.get("SecurityOptions") or []
+            if not podman:
+                rootless = "name=rootless" in security
+        _engines[key] = Engine(
+            podman=podman,
+            rootless=rootless,
+            selinux="name=selinux" in security,
+            local=shares_this_kernel(info),
+        )
     return _engines[key]
+
+
+def channels_for(settings: DockerSettings) -> Channels:
+    """How a kernel of ``settings`` is reached: ipc sockets where its engine can carry them (see channels.py).
+
+    Asks a local engine what it is, once per engine.
+    """
+    host = settings.host()
+    where = ""
+    if settings.backend == "swarm":
+        where = "the kernel runs on a swarm"
+    elif host.remote:
+        where = f"the engine is on another host ({host.url})"
+    elif not host.url and os.environ.get("DOCKER_HOST", "").startswith(("tcp://", "ssh://")):
+        where = f"the engine is on another host (DOCKER_HOST={os.environ['DOCKER_HOST']})"
+    if where or settings.channels == "tcp":
+        return choose_channels(settings.channels, where=where, engine_local=False, user_can_use=True)
+    engine = engine_of(get_client(host))
+    runs_as_you = settings.user == "host" or (
+        not engine.rootless and settings.user.partition(":")[0] == str(os.getuid())
+    )
+    return choose_channels(settings.channels, where="", engine_local=engine.local, user_can_use=runs_as_you)
+
+
+def shares_this_kernel(info: dict[str, Any]) -> bool:
+    """Whether an engine (its ``docker info``) runs on this machine's kernel, so that a folder bind-mounted
+    from here is the same folder for its containers, sockets included.
+
+    Docker Desktop and Podman machines run their engine in a VM: another kernel,
+    whose bind mounts of this machine's files are shares that carry no sockets.
+    """
+    if sys.platform != "linux" or str(info.get("OSType", "linux")) != "linux":
+        return False
+    if "docker desktop" in str(info.get("OperatingSystem", "")).lower():
+        return False
+    return str(info.get("KernelVersion", "")) == platform.release()
 
 
 _gpu_support: dict[str, GpuSupport] = {}

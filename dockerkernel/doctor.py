@@ -9,10 +9,11 @@ import docker
 from jupyter_core.paths import jupyter_config_path
 from jupyter_server.extension.config import ExtensionConfigManager
 
-from . import docker_ops, gpus, images, kernelspec
+from . import channels, docker_ops, gpus, images, kernelspec
+from .config import make_settings
 from .errors import DockerKernelError
 from .hosts import DockerHost
-from .settings import DEFAULT_KERNEL_CMD
+from .settings import DEFAULT_KERNEL_CMD, DockerSettings
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ def run_checks() -> Iterator[Check]:
         # kernel at all, might.
         ask_gpus = any(k.gpus != "none" for k in own) or (not host.url and (bool(own) or not kernels))
         yield from engine_checks(host, own, ask_gpus)
+    yield channels_check()
     yield extension_check()
 
 
@@ -112,7 +114,25 @@ def kernel_check(client: docker.DockerClient, kernel: kernelspec.InstalledKernel
             f"image {kernel.image} has Python {found.python} but no ipykernel: reinstall with "
             f"`dockerkernel install --image {kernel.image} --name {kernel.name} --add-ipykernel --replace`.",
         )
-    return Check(name, True, f"image {kernel.image}: Python {found.python}, ipykernel {found.ipykernel}")
+    try:
+        settings = make_settings(DockerSettings, kernelspec.config_of(kernel.name), kernel.name)
+        channels = docker_ops.channels_for(settings).describe()
+    except DockerKernelError as e:
+        return Check(name, False, str(e))
+    return Check(
+        name,
+        True,
+        f"image {kernel.image}: Python {found.python}, ipykernel {found.ipykernel}; channels {channels}",
+    )
+
+
+def channels_check() -> Check:
+    """The folder that holds this user's kernel sockets: private, and short enough."""
+    try:
+        folder = channels.base_folder()
+    except DockerKernelError as e:
+        return Check("Private channels", False, str(e))
+    return Check("Private channels", True, f"kernel sockets in {folder}, yours alone (mode 0700)")
 
 
 def extension_check() -> Check:

@@ -71,9 +71,30 @@ NO_IMAGE = (
 )
 INVALID_SETTING = "Invalid dockerkernel setting in kernelspec '{kernel}': {reason}"
 LOOPBACK_ONLY = (
-    "dockerkernel publishes kernel ports on 127.0.0.1 over tcp only, but the kernel "
-    "manager asks for {transport} on {ip}: set KernelManager.ip to 127.0.0.1 and "
-    "KernelManager.transport to tcp."
+    "dockerkernel chooses each kernel's channels itself (ipc sockets, or tcp on 127.0.0.1), but "
+    "the kernel manager asks for {transport} on {ip}: set KernelManager.ip to 127.0.0.1, or leave "
+    "it unset."
+)
+IPC_IMPOSSIBLE = (
+    "This kernelspec asks for channels 'ipc', but {reason}: set channels to 'auto' (or "
+    "`dockerkernel install --channels auto`) to use tcp on the loopback there."
+)
+IPC_FOLDER_UNSAFE = (
+    "The folder '{path}' for your kernels' private sockets is not safe to use ({reason}): "
+    "remove it, or set XDG_RUNTIME_DIR (or TMPDIR) to a folder of your own; dockerkernel "
+    "never changes it for you."
+)
+IPC_FOLDER_UNUSABLE = (
+    "The folder '{path}' for your kernels' private sockets cannot be made ({reason}): set "
+    "XDG_RUNTIME_DIR (or TMPDIR) to a folder of your own that you can write."
+)
+IPC_PATH_TOO_LONG = (
+    "A kernel's socket paths under {tried} would be longer than the {max} bytes a unix socket "
+    "address can hold: set XDG_RUNTIME_DIR (or TMPDIR) to a shorter folder, such as /tmp."
+)
+NETWORK_NONE_NEEDS_IPC = (
+    "Kernel '{kernel}' has network 'none', which only ipc channels can reach, but its channels "
+    "are tcp ({reason}): use another network, or an engine of this machine."
 )
 VOLUME_HOST_MISSING = (
     "The host path '{path}' of volume '{volume}' does not exist: create it, "
@@ -155,6 +176,10 @@ MOUNT_SYSTEM_DIR = (
 MOUNT_TARGET_TWICE = (
     "Two mounts at '{target}' in the container ({first} and {second}): give the volume "
     "another container path, or set mount to 'notebook'."
+)
+MOUNT_TARGET_OURS = (
+    "The mount at '{target}' is inside {dir}, which holds dockerkernel's own files in the "
+    "container (its connection file, home and sockets): give the volume another container path."
 )
 HOME_IN_USE = (
     "The kernel home '{volume}' is in use by a running kernel: shut that kernel down "

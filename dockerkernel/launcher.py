@@ -27,6 +27,7 @@ from jupyter_client.kernelspec import KernelSpec
 
 from . import docker_ops, errors
 from .backends import ContainerBackend
+from .channels import Channels
 from .config import check_launchable, make_settings
 from .errors import DockerKernelError
 from .identity import host_identity
@@ -86,6 +87,12 @@ def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] =
         raise DockerKernelError(errors.LAUNCHER_ON_TCP.format(kernel=name, host=where))
     with open(connection_file) as f:
         connection_info = json.load(f)
+    channels = Channels()  # the client chose them: tcp ports, or ipc sockets in a folder of its own
+    if connection_info.get("transport") == "ipc":
+        # IPC_IMPOSSIBLE, with the reason, where this kernel's engine cannot carry sockets.
+        docker_ops.channels_for(make_settings(DockerSettings, {**config, "channels": "ipc"}, name))
+        ip = os.path.abspath(connection_info["ip"])
+        channels = Channels("ipc", folder=os.path.dirname(ip), prefix=os.path.basename(ip))
 
     plan = plan_container(
         settings,
@@ -100,6 +107,7 @@ def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] =
         owner=docker_ops.this_process_owner(),
         identity=host_identity(),
         client_cwd=cwd,
+        channels=channels,
     )
     backend = ContainerBackend(settings.host())
     kernel = backend.launch(plan, settings.pull_policy, log, threading.Event())

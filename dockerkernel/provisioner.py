@@ -26,13 +26,14 @@ from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, TraitError
 
-from . import docker_ops, errors, fallback, warm_pool
+from . import channels, docker_ops, errors, fallback, warm_pool
 from .backends import Backend, ContainerBackend, Launched, SwarmBackend
+from .channels import IPC_PORTS, Channels
 from .config import check_launchable, check_setting_names, check_warm_pool
 from .errors import DockerKernelError, NotSignalable, PortTaken
 from .identity import host_identity
 from .settings import DockerSettings
-from .spec import LABEL_POOL, PORT_NAMES, ContainerPlan, plan_container
+from .spec import LABEL_POOL, PORT_NAMES, ContainerPlan, Owner, plan_container
 
 T = TypeVar("T")
 
@@ -128,6 +129,8 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     _pooled: warm_pool.Pooled | None = None  # taken from the warm pool by pre_launch(), for launch_kernel()
     _session_name: str | None = None  # the JPY_SESSION_NAME that a pooled kernel is given
     _pool_off = False  # warm_pool is set where a pool cannot be (GPUs, another host): see check_warm_pool
+    _channels = Channels()  # chosen at the first start, kept across restarts
+    _first_start = True  # whether the start under way is the kernel's first
 
     def __init__(self, **kwargs: Any) -> None:
         spec = kwargs.get("kernel_spec")
@@ -240,20 +243,50 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         The plan is made afresh each time, from the settings and kwargs.
         """
         km: Any = self.parent  # the KernelManager
-        # A tcp:// host's address is the KernelManager's after the first start: see launch_kernel().
-        if km.transport != "tcp" or km.ip not in ("127.0.0.1", "localhost", self._ip):
-            raise DockerKernelError(errors.LOOPBACK_ONLY.format(ip=km.ip, transport=km.transport))
         cwd = os.path.abspath(os.fspath(kwargs.get("cwd") or os.getcwd()))
-        first_start = not self._ports_cached  # a restart keeps the kernel's ports, and is never warm
+        first_start = self._first_start = not self._ports_cached  # a restart keeps its channels, is never warm
         self._pooled = None
         self._start_error = ""
         with self._deferred_if_fallback():
             check_launchable(self, self.kernel_name, cwd)
+        owner = docker_ops.this_process_owner()
+        if first_start:
+            # The same channels, sockets or ports, are kept across restarts, as for local kernels.
+            await self._choose_channels(km, owner)
+        try:
+            kwargs = await self._write_connection_and_plan(km, cwd, owner, kwargs)
+        except BaseException:
+            if first_start:  # nothing is left of a start that failed
+                self._release_channels()
+            raise
+        kwargs["cmd"] = self._plan.create_kwargs["command"] if self._plan else []
+        return kwargs
 
-        if not self._ports_cached:
-            # The same ports are kept across restarts, as for local kernels.
-            self._choose_ports()
+    async def _choose_channels(self, km: Any, owner: Owner) -> None:
+        """ipc sockets in a folder of the kernel's own where the engine can carry them, else tcp ports.
 
+        With the fallback kernel, an error here leaves the kernel on tcp ports, where the
+        fallback answers with it.
+        """
+        self._channels = Channels()
+        with self._deferred_if_fallback():
+            chosen = await _in_thread(docker_ops.channels_for, self)
+            if chosen.transport == "ipc":
+                folder = channels.new_kernel_folder(owner.labels())
+                self._channels = chosen
+                self._use_ipc(km, folder)
+                return
+            self._channels = chosen
+        # A tcp:// host's address is the KernelManager's after the first start: see launch_kernel().
+        if km.transport == "tcp" and km.ip not in ("127.0.0.1", "localhost", self._ip):
+            raise DockerKernelError(errors.LOOPBACK_ONLY.format(ip=km.ip, transport=km.transport))
+        km.transport, km.ip = "tcp", "127.0.0.1"
+        self._choose_ports()
+
+    async def _write_connection_and_plan(
+        self, km: Any, cwd: str, owner: Owner, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Write the connection file and plan the container; take a pooled kernel where one matches."""
         with self._deferred_if_fallback():
             self._enable_curve_if_asked(km)
         extra_arguments = kwargs.pop("extra_arguments", [])
@@ -269,20 +302,29 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             spec_env={k: env[k] for k in self.kernel_spec.env if k in env},
             launch_env=env,
             extra_arguments=extra_arguments,
-            owner=docker_ops.this_process_owner(),
+            owner=owner,
             identity=host_identity(),
             # In a Jupyter server, the MappingKernelManager that made our KernelManager knows its root.
             server_root=getattr(km.parent, "root_dir", None) or None,
             client_cwd=os.getcwd(),
+            channels=self._channels,
         )
         with self._deferred_if_fallback():
             self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
-        if first_start and self._plan is not None and self._pool_size():
+        if self._first_start and self._plan is not None and self._pool_size():
             pooled = await self._take_pooled(self._plan)
             if pooled is not None:
                 self._adopt_ports_and_key(km, pooled, env)
         kwargs["cmd"] = self._plan.create_kwargs["command"] if self._plan else []
         return kwargs
+
+    def _use_ipc(self, km: Any, folder: str) -> None:
+        """Carry the kernel's channels over unix sockets in ``folder``, its own."""
+        self._channels = replace(self._channels, folder=folder)
+        km.transport, km.ip = "ipc", self._channels.host_ip
+        for port_name, port in IPC_PORTS.items():
+            setattr(km, port_name, port)
+        self._ports_cached = True
 
     def _pool_size(self) -> int:
         """The warm pool's size for this kernel: 0 where its channels are encrypted (the pool's are not)."""
@@ -312,10 +354,14 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         The ports that pre_launch() chose go back; the connection file is
         written again with the pooled kernel's ports and key.
         """
-        ports = LocalPortCache.instance()
-        for port_name in PORT_NAMES:
-            ports.return_port(getattr(km, port_name))
-            setattr(km, port_name, int(pooled.connection[port_name]))
+        if self._channels.transport == "ipc":
+            channels.remove_kernel_folder(self._channels.folder)
+            self._use_ipc(km, pooled.plan.channels.folder)
+        else:
+            ports = LocalPortCache.instance()
+            for port_name in PORT_NAMES:
+                ports.return_port(getattr(km, port_name))
+                setattr(km, port_name, int(pooled.connection[port_name]))
         km.session.key = pooled.connection["key"]
         km._connection_file_written = False
         km.write_connection_file(jupyter_session=env.get("JPY_SESSION_NAME", ""))
@@ -331,8 +377,13 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         args = {**self._plan_args, "launch_env": {}}  # the notebook's name is set as a start takes one
 
         def plan_for(connection: dict[str, Any]) -> ContainerPlan:
+            own = self._channels  # a pooled kernel's sockets are in a folder of its own
+            if own.transport == "ipc":
+                own = replace(own, folder=os.path.dirname(str(connection["ip"])))
             plan = plan_container(
-                self, connection_info=connection, **{**args, "kernel_id": warm_pool.pool_kernel_id()}
+                self,
+                connection_info=connection,
+                **{**args, "kernel_id": warm_pool.pool_kernel_id(), "channels": own},
             )
             labels = {**plan.create_kwargs["labels"], LABEL_POOL: "1"}
             return replace(plan, create_kwargs={**plan.create_kwargs, "labels": labels})
@@ -385,6 +436,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         Called by KernelManager right after pre_launch(); ``cmd`` is the
         in-container command already in the plan.
         """
+        first_start = self._first_start
         try:
             early_exit, self._early_exit = self._early_exit, ""  # told once: a later restart tries again
             if self._start_error or early_exit:
@@ -393,12 +445,18 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             kernel = await self._adopt_pooled() if self._pooled is not None else None
             if kernel is None:
                 kernel = await self._start_container()
+        except asyncio.CancelledError:
+            if first_start:
+                self._release_channels()
+            raise
         except DockerKernelError as e:
             if not self.fallback_kernel:
+                if first_start:  # nothing is left of a start that failed
+                    self._release_channels()
                 raise
             self.log.error("Kernel %s could not start: %s", self.kernel_id, e)
             self._start_fallback(str(e))
-            return {**self.connection_info, "ip": self._ip}
+            return self._connection()
         self._kernel, self._exit, self.container_id = kernel, kernel.exit, kernel.handle
         self._ip = kernel.ip
         self._state = KernelState.STARTING
@@ -406,7 +464,13 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             "Kernel %s runs in container %s (image %s)", self.kernel_id, kernel.handle[:12], self.image
         )
         self._heartbeat = asyncio.ensure_future(self._watch_heartbeat(kernel.exit))
-        return {**self.connection_info, "ip": kernel.ip}
+        return self._connection()
+
+    def _connection(self) -> KernelConnectionInfo:
+        """Where the server reaches the kernel: its sockets' folder, or its ports' address."""
+        if self._channels.transport == "ipc":
+            return self.connection_info
+        return {**self.connection_info, "ip": self._ip}
 
     async def _adopt_pooled(self) -> Launched | None:
         """Make the pooled kernel this one: its name, and the notebook's JPY_SESSION_NAME in it.
@@ -487,7 +551,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         A kernel that exits without ever answering died during start-up: see cleanup().
         """
         context = zmq.asyncio.Context.instance()
-        address = f"tcp://{self._ip}:{self.connection_info['hb_port']}"
+        address = channels.channel_url(self._connection(), "hb")
         while exit_status is not None and not exit_status.done():
             socket = context.socket(zmq.REQ)
             socket.linger = 0
@@ -511,9 +575,10 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     def _start_fallback(self, message: str) -> None:
         """Run the fallback kernel on the host, on the kernel's ports; it shows ``message``."""
         km: Any = self.parent
+        connection_file = km.connection_file  # over ipc, its sockets are in the kernel's folder, here
         self._ip = "127.0.0.1"  # on this machine, wherever the kernel would have run
-        connection_file = km.connection_file
-        if km.ip != self._ip:  # the last start's host: the fallback gets a file of its own
+        if self._channels.transport == "tcp" and km.ip != self._ip:
+            # The last start's host: the fallback gets a file of its own.
             connection_file = f"{km.connection_file}.fallback.json"
             info = {**self.connection_info, "ip": self._ip}
             info["key"] = km.session.key.decode()
@@ -566,11 +631,20 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         self._state = KernelState.NONE
         with suppress(OSError):  # written by _start_fallback() for a kernel of another host
             os.remove(f"{self.parent.connection_file}.fallback.json")  # type: ignore[union-attr]
-        if self._ports_cached and not restart:
+        if not restart:
+            self._release_channels()
+
+    def _release_channels(self) -> None:
+        """Give the kernel's ports back, or remove its sockets' folder: at its end, or a failed first start."""
+        if not self._ports_cached:
+            return
+        if self._channels.transport == "ipc":
+            channels.remove_kernel_folder(self._channels.folder)
+        else:
             ports = LocalPortCache.instance()
             for port_name in PORT_NAMES:
-                ports.return_port(int(self.connection_info[port_name]))  # type: ignore[literal-required]
-            self._ports_cached = False
+                ports.return_port(int(self.parent.get_connection_info()[port_name]))  # type: ignore[union-attr]
+        self._ports_cached = False
 
     def _remove(self, handle: str) -> None:
         """Remove the kernel's container, or leave it to be removed later; in a thread."""

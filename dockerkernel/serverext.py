@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from . import kernelspec
+from . import channels, docker_ops, kernelspec
 from .backends import prune_host
 from .errors import DockerKernelError
 
@@ -34,6 +34,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         provisioner_config.fallback_kernel = True
 
     def prune() -> None:
+        channels.prune(docker_ops.owner_alive)  # the sockets' folders of this user's dead servers
         for host in kernelspec.docker_hosts(kernelspec.installed()):
             try:
                 removed = prune_host(host)

@@ -215,7 +215,17 @@ class DockerSettings(LoggingConfigurable):
         makes, on which containers cannot reach one another: the kernel's ports are
         reachable from the host's loopback only), 'bridge' (Docker's default network, where
         other containers can reach the kernel's ports), 'host' (the kernel listens
-        on the host's loopback), or the name of another Docker network.""",
+        on the host's loopback), 'none' (no network at all: for offline kernels, with
+        ipc channels), or the name of another Docker network.""",
+    ).tag(config=True)
+
+    channels = CaselessStrEnum(
+        ["auto", "ipc", "tcp"],
+        default_value="auto",
+        help="""How the server reaches the kernel: 'auto' (unix sockets in a folder that only
+        you can reach, on engines of this machine; tcp elsewhere), 'ipc' (those sockets, or
+        an error before anything starts where the engine cannot carry them), or 'tcp'
+        (ports published on the loopback, which any local user can connect to).""",
     ).tag(config=True)
 
     user = Unicode(

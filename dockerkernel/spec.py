@@ -20,6 +20,7 @@ from docker.types import DeviceRequest, Mount
 
 from . import errors
 from . import gpus as gpus_mod
+from .channels import CONTAINER_IPC_DIR, Channels
 from .errors import DockerKernelError, GpusUnavailable
 from .hosts import DockerHost, map_path
 from .identity import Identity, merge_group, merge_passwd
@@ -152,6 +153,7 @@ class ContainerPlan:
     notice_stream: str = "stderr"  # where: 'stderr' for warnings, 'stdout' for plain news
     identity: Identity | None = None  # given a passwd and group entry in the container
     network: str | None = None  # an isolated network that must exist before the create
+    channels: Channels = Channels()  # how the server reaches the kernel
 
     @property
     def image(self) -> str:
@@ -230,19 +232,23 @@ def kernel_environment(
     return env
 
 
-def container_connection(connection_info: Mapping[str, Any], network: str) -> dict[str, Any]:
+def container_connection(connection_info: Mapping[str, Any], network: str, channels: Channels) -> dict[str, Any]:
     """The connection file the kernel reads inside its container.
 
-    Same ports and key as the host's; the kernel listens on all of the
-    container's interfaces so that published ports reach it, or on loopback
-    only when it shares the host's network.
+    Same ports and key as the host's. Over ipc, the sockets are in the
+    kernel's folder as the container sees it; over tcp, the kernel listens on
+    all of the container's interfaces so that published ports reach it, or on
+    loopback only when it shares the host's network.
     """
     conn = {k: v for k, v in connection_info.items() if k not in ("ip",)}
     for key in ("key", "signature_scheme"):
         if isinstance(conn.get(key), bytes):
             conn[key] = conn[key].decode()
-    conn["ip"] = "127.0.0.1" if network == "host" else "0.0.0.0"
-    conn["transport"] = "tcp"
+    if channels.transport == "ipc":
+        conn["ip"], conn["transport"] = channels.container_ip, "ipc"
+    else:
+        conn["ip"] = "127.0.0.1" if network == "host" else "0.0.0.0"
+        conn["transport"] = "tcp"
     return conn
 
 
@@ -279,20 +285,28 @@ def plan_mounts(
     settings: DockerSettings,
     home_volume: str | None,
     home_labels: Mapping[str, str] | None = None,
+    channels_folder: str = "",
 ) -> list[Mount]:
     """Bind mounts for the folders and volumes, and the home volume; two at one target are an error.
 
     Mount objects, not colon-joined strings: any folder name works, colons
     included, and a missing host folder is an error instead of a folder
     that Docker would create as root. A folder is mounted at its own path,
-    from where the Docker host has it (``settings.path_map``).
+    from where the Docker host has it (``settings.path_map``). Nothing of the
+    user's is mounted under dockerkernel's own folder in the container; the
+    kernel's socket folder, ``channels_folder``, is mounted there.
     """
     mounts = [Mount(target=f, source=map_path(f, settings.path_map), type="bind") for f in folders]
     for volume in settings.volumes:
         host, target, mode = parse_volume(volume)
         mounts.append(Mount(target=target, source=host, type="bind", read_only=mode == "ro"))
+    for m in mounts:
+        if _within(m["Target"], CONTAINER_DIR):
+            raise DockerKernelError(errors.MOUNT_TARGET_OURS.format(target=m["Target"], dir=CONTAINER_DIR))
     if home_volume is not None:
         mounts.append(Mount(target=CONTAINER_HOME, source=home_volume, type="volume", labels=home_labels))
+    if channels_folder:
+        mounts.append(Mount(target=CONTAINER_IPC_DIR, source=channels_folder, type="bind"))
     targets: dict[str, str] = {CONTAINER_DIR: "dockerkernel's own files"}
     for m in mounts:
         source = "the kernel's home volume" if m["Type"] == "volume" else f"'{m['Source']}'"
@@ -321,12 +335,15 @@ def plan_container(
     identity: Identity,
     server_root: str | None = None,
     client_cwd: str | None = None,
+    channels: Channels = Channels(),
 ) -> ContainerPlan:
     """Turn settings and a kernel's launch parameters into a ContainerPlan.
 
     ``spec_env`` and ``launch_env`` are as for kernel_environment;
     ``identity`` the host user the kernel runs as when ``settings.user`` is
-    'host'; ``server_root`` and ``client_cwd`` as for mounted_folders.
+    'host'; ``server_root`` and ``client_cwd`` as for mounted_folders;
+    ``channels`` how the server reaches the kernel: over ipc the container
+    publishes no ports.
     """
     kernel_user: Identity | None
     if settings.user == "host":
@@ -356,7 +373,11 @@ def plan_container(
         ),
         "working_dir": cwd,
         "mounts": plan_mounts(
-            folders, settings, home_volume, {LABEL_HOME_OF: str(owner.uid), LABEL_KERNELSPEC: kernel_name}
+            folders,
+            settings,
+            home_volume,
+            {LABEL_HOME_OF: str(owner.uid), LABEL_KERNELSPEC: kernel_name},
+            channels.folder if channels.transport == "ipc" else "",
         ),
         "init": True,
         "detach": True,
@@ -367,15 +388,20 @@ def plan_container(
         if kernel_user.groups:
             kwargs["group_add"] = [str(g) for g in kernel_user.groups]
     network = None
-    if settings.network == "host":
-        kwargs["network_mode"] = "host"
+    if settings.network == "none" and channels.transport != "ipc":
+        raise DockerKernelError(
+            errors.NETWORK_NONE_NEEDS_IPC.format(kernel=kernel_name, reason=channels.reason or "channels 'tcp'")
+        )
+    if settings.network in ("host", "none"):
+        kwargs["network_mode"] = settings.network
     else:
         if settings.network == "isolated":
             network = isolated_network_name(owner.uid)
         kwargs["network"] = network or settings.network
-        kwargs["ports"] = {
-            f"{connection_info[name]}/tcp": (host_ip, int(connection_info[name])) for name in PORT_NAMES
-        }
+        if channels.transport == "tcp":
+            kwargs["ports"] = {
+                f"{connection_info[name]}/tcp": (host_ip, int(connection_info[name])) for name in PORT_NAMES
+            }
     requests = device_requests(settings.gpus)
     if requests:
         kwargs["device_requests"] = requests
@@ -389,7 +415,7 @@ def plan_container(
 
     return ContainerPlan(
         create_kwargs=kwargs,
-        connection=container_connection(connection_info, settings.network),
+        connection=container_connection(connection_info, settings.network, channels),
         file_owner=(kernel_user.uid, kernel_user.gid) if kernel_user is not None else None,
         gpus=settings.gpus,
         host=settings.host(),
@@ -397,6 +423,7 @@ def plan_container(
         gpu_inventory=tuple(settings.gpu_inventory),
         identity=kernel_user,
         network=network,
+        channels=channels,
     )
 
 
@@ -495,6 +522,8 @@ class Engine:
 
     podman: bool = False
     rootless: bool = False
+    selinux: bool = False  # bind mounts need relabelling for the container to use them
+    local: bool = True  # it shares this machine's kernel and files: bind mounts can carry sockets
 
 
 def for_engine(plan: ContainerPlan, engine: Engine) -> ContainerPlan:
@@ -509,7 +538,16 @@ def for_engine(plan: ContainerPlan, engine: Engine) -> ContainerPlan:
     runs as root in the container, which is the user outside it. In rootless
     Podman every container has a network stack of its own (slirp4netns), which
     isolates kernels without a network of dockerkernel's.
+
+    With SELinux, the kernel's socket folder is relabelled for its container
+    alone (':Z', as Podman users write it), which Docker's mount objects
+    cannot say: it goes as a bind instead.
     """
+    if engine.selinux and plan.channels.transport == "ipc":
+        kwargs = dict(plan.create_kwargs)
+        kwargs["mounts"] = [m for m in kwargs["mounts"] if m["Target"] != CONTAINER_IPC_DIR]
+        kwargs["volumes"] = [*kwargs.get("volumes", []), f"{plan.channels.folder}:{CONTAINER_IPC_DIR}:Z"]
+        plan = replace(plan, create_kwargs=kwargs)
     if not engine.rootless or plan.identity is None:
         return plan
     kwargs = dict(plan.create_kwargs)

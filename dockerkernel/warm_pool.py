@@ -45,7 +45,8 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
 from jupyter_client.session import new_id_bytes
 
-from . import docker_ops
+from . import channels, docker_ops
+from .channels import CONTAINER_IPC_DIR
 from .errors import DockerKernelError
 from .hosts import DockerHost
 from .spec import (
@@ -68,23 +69,32 @@ def fingerprint(plan: ContainerPlan) -> str:
     kwargs = dict(plan.create_kwargs)
     kwargs.pop("name", None)
     kwargs.pop("ports", None)
+    kwargs["mounts"] = [m for m in kwargs.get("mounts", []) if m["Target"] != CONTAINER_IPC_DIR]
     kwargs["labels"] = {k: v for k, v in kwargs["labels"].items() if k not in (LABEL_KERNEL_ID, LABEL_POOL)}
     kwargs["environment"] = {k: v for k, v in kwargs["environment"].items() if k not in PASSED_THROUGH}
     connection = {k: v for k, v in plan.connection.items() if k not in (*PORT_NAMES, "key")}
-    rest = replace(plan, create_kwargs={}, connection={})
+    rest = replace(plan, create_kwargs={}, connection={}, channels=replace(plan.channels, folder=""))
     return json.dumps([kwargs, connection, repr(rest)], sort_keys=True, default=str)
 
 
 def new_connection(template: Mapping[str, Any]) -> dict[str, Any]:
-    """A pooled kernel's own connection, like ``template``'s but for its ports, reserved in this
-    process, and its key, made anew."""
-    ports = LocalPortCache.instance()
-    info = dict(template)
-    info.update({name: ports.find_available_port("127.0.0.1") for name in PORT_NAMES}, key=new_id_bytes())
+    """A pooled kernel's own connection, like ``template``'s but for its key, made anew, and its
+    channels: a sockets' folder of its own, or ports reserved in this process."""
+    info = dict(template, key=new_id_bytes())
+    if info.get("transport") == "ipc":
+        folder = channels.new_kernel_folder(docker_ops.this_process_owner().labels())
+        info["ip"] = os.path.join(folder, os.path.basename(str(template["ip"])))
+    else:
+        ports = LocalPortCache.instance()
+        info.update({name: ports.find_available_port("127.0.0.1") for name in PORT_NAMES})
     return info
 
 
 def release_ports(connection: Mapping[str, Any]) -> None:
+    """Give a pooled kernel's ports back, or remove its sockets' folder."""
+    if connection.get("transport") == "ipc":
+        channels.remove_kernel_folder(os.path.dirname(str(connection["ip"])))
+        return
     ports = LocalPortCache.instance()
     for name in PORT_NAMES:
         ports.return_port(int(connection[name]))
@@ -286,7 +296,7 @@ def _answers(connection: Mapping[str, Any], exit_status: Future[int]) -> bool:
     while time.monotonic() < deadline and not exit_status.done():
         with context.socket(zmq.REQ) as probe:
             probe.linger = 0
-            probe.connect(f"tcp://127.0.0.1:{connection['hb_port']}")
+            probe.connect(channels.channel_url(connection, "hb"))
             probe.send(b"ping")
             if probe.poll(500):
                 probe.recv()
