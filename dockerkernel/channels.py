@@ -68,6 +68,9 @@ class Channels:
         return f"tcp ({self.reason})" if self.reason else "tcp"
 
 
+TCP = Channels()
+
+
 def channel_url(connection: Mapping[str, Any], channel: str) -> str:
     """The ZeroMQ address of ``channel`` ('hb', 'shell'...) in a connection info, as jupyter_client
     makes it."""

@@ -361,7 +361,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("No dockerkernel kernelspecs are installed: try `dockerkernel install python3`.")
     else:
         rows = [
-            (k.name, k.image, k.gpus, _channels_of(k), k.home or "(in the container)", k.path) for k in kernels
+            (k.name, k.image, k.gpus, _channels_of(k), k.home or "(in the container)", k.path)
+            for k in kernels
         ]
         print(_table([("NAME", "IMAGE", "GPUS", "CHANNELS", "HOME VOLUME", "LOCATION"), *rows]))
     return 0

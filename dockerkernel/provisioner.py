@@ -244,7 +244,9 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         """
         km: Any = self.parent  # the KernelManager
         cwd = os.path.abspath(os.fspath(kwargs.get("cwd") or os.getcwd()))
-        first_start = self._first_start = not self._ports_cached  # a restart keeps its channels, is never warm
+        first_start = (
+            self._first_start
+        ) = not self._ports_cached  # a restart keeps its channels, is never warm
         self._pooled = None
         self._start_error = ""
         with self._deferred_if_fallback():
@@ -635,7 +637,8 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             self._release_channels()
 
     def _release_channels(self) -> None:
-        """Give the kernel's ports back, or remove its sockets' folder: at its end, or a failed first start."""
+        """Give the kernel's ports back, or remove its sockets' folder: at its end, or after a failed
+        first start."""
         if not self._ports_cached:
             return
         if self._channels.transport == "ipc":

@@ -20,7 +20,7 @@ from docker.types import DeviceRequest, Mount
 
 from . import errors
 from . import gpus as gpus_mod
-from .channels import CONTAINER_IPC_DIR, Channels
+from .channels import CONTAINER_IPC_DIR, TCP, Channels
 from .errors import DockerKernelError, GpusUnavailable
 from .hosts import DockerHost, map_path
 from .identity import Identity, merge_group, merge_passwd
@@ -153,7 +153,7 @@ class ContainerPlan:
     notice_stream: str = "stderr"  # where: 'stderr' for warnings, 'stdout' for plain news
     identity: Identity | None = None  # given a passwd and group entry in the container
     network: str | None = None  # an isolated network that must exist before the create
-    channels: Channels = Channels()  # how the server reaches the kernel
+    channels: Channels = TCP  # how the server reaches the kernel
 
     @property
     def image(self) -> str:
@@ -232,7 +232,9 @@ def kernel_environment(
     return env
 
 
-def container_connection(connection_info: Mapping[str, Any], network: str, channels: Channels) -> dict[str, Any]:
+def container_connection(
+    connection_info: Mapping[str, Any], network: str, channels: Channels
+) -> dict[str, Any]:
     """The connection file the kernel reads inside its container.
 
     Same ports and key as the host's. Over ipc, the sockets are in the
@@ -335,7 +337,7 @@ def plan_container(
     identity: Identity,
     server_root: str | None = None,
     client_cwd: str | None = None,
-    channels: Channels = Channels(),
+    channels: Channels = TCP,
 ) -> ContainerPlan:
     """Turn settings and a kernel's launch parameters into a ContainerPlan.
 
@@ -390,7 +392,9 @@ def plan_container(
     network = None
     if settings.network == "none" and channels.transport != "ipc":
         raise DockerKernelError(
-            errors.NETWORK_NONE_NEEDS_IPC.format(kernel=kernel_name, reason=channels.reason or "channels 'tcp'")
+            errors.NETWORK_NONE_NEEDS_IPC.format(
+                kernel=kernel_name, reason=channels.reason or "channels 'tcp'"
+            )
         )
     if settings.network in ("host", "none"):
         kwargs["network_mode"] = settings.network

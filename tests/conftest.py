@@ -402,11 +402,33 @@ def ordinary_user() -> pwd.struct_passwd:
     return user
 
 
+# Where tests put what other users run or read. Not $TMPDIR, nor the checkout: either may be
+# private to root (a clone under /root, a 0700 folder of mktemp's, a private TMPDIR).
+PUBLIC_TMP = "/var/tmp"
+
+
+def public_tempdir(prefix: str) -> Path:
+    """A new folder that other users can traverse (mode 0755), outside any private folder of root's."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=PUBLIC_TMP))
+    os.chmod(path, 0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def public_scripts() -> Iterator[Path]:
+    """The test scripts that other users run, copied where they can read them."""
+    folder = public_tempdir("dockerkernel-scripts-")
+    for name in ("user_session.py",):
+        shutil.copy(Path(__file__).with_name(name), folder / name)
+        os.chmod(folder / name, 0o644)
+    yield folder
+    shutil.rmtree(folder)
+
+
 @pytest.fixture
 def user_workdir(ordinary_user: pwd.struct_passwd) -> Iterator[Path]:
     """A folder of the ordinary user's, with its Jupyter directories in it."""
-    path = Path(tempfile.mkdtemp(prefix="dockerkernel-user-"))
-    os.chmod(path, 0o755)
+    path = public_tempdir("dockerkernel-user-")
     if os.geteuid() == 0:
         os.chown(path, ordinary_user.pw_uid, ordinary_user.pw_gid)
     yield path
@@ -433,9 +455,6 @@ def user_env(workdir: Path, **extra: str) -> dict[str, str]:
     if "DOCKER_HOST" in os.environ:
         env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
     return {**env, **extra}
-
-
-USER_SESSION = str(Path(__file__).with_name("user_session.py"))
 
 
 @dataclass
@@ -468,6 +487,7 @@ class UserSession:
 
 
 def spawn_session(
+    scripts: Path,
     user: pwd.struct_passwd | None,
     workdir: Path,
     args: dict[str, Any],
@@ -475,11 +495,12 @@ def spawn_session(
     wrap: Callable[[list[str]], list[str]] = list,
     env: dict[str, str] | None = None,
 ) -> UserSession:
-    """Start tests/user_session.py with ``args``, as ``user`` (None: this process's), in ``workdir``.
+    """Start tests/user_session.py, from ``scripts`` (the public_scripts fixture), with ``args``, as
+    ``user`` (None: this process's), in ``workdir``.
 
     ``wrap`` turns the command into the one run, e.g. in another network namespace.
     """
-    command = [sys.executable, USER_SESSION, json.dumps(args)]
+    command = [sys.executable, str(scripts / "user_session.py"), json.dumps(args)]
     process = subprocess.Popen(
         wrap(as_user(user, command) if user is not None else command),
         cwd=workdir,
@@ -494,7 +515,7 @@ def spawn_session(
 
 @pytest.fixture
 def user_session(
-    ordinary_user: pwd.struct_passwd, user_workdir: Path
+    ordinary_user: pwd.struct_passwd, user_workdir: Path, public_scripts: Path
 ) -> Iterator[Callable[..., UserSession]]:
     """Run cells in a kernel of the ordinary user: ``install`` args, ``cells``, ``cwd``; ``keep`` it up."""
     sessions: list[UserSession] = []
@@ -503,7 +524,7 @@ def user_session(
         install: list[str], cells: list[str], cwd: Path | None = None, keep: bool = False, **env: str
     ) -> UserSession:
         args = {"install": install, "cells": cells, "cwd": str(cwd or user_workdir), "keep": keep}
-        session = spawn_session(ordinary_user, user_workdir, args, env=env)
+        session = spawn_session(public_scripts, ordinary_user, user_workdir, args, env=env)
         sessions.append(session)
         session.result()
         assert not session.error, session.error

@@ -58,7 +58,8 @@ fi
 if ! docker info >/dev/null 2>&1; then
     as_root "a running Docker engine"
     log "starting dockerd"
-    nohup dockerd >/var/log/dockerd-tests.log 2>&1 &
+    # Not in this run's TMPDIR, which may be a private folder that goes with the run.
+    nohup env -u TMPDIR dockerd >/var/log/dockerd-tests.log 2>&1 &
     if ! timeout 60 bash -c 'until docker info >/dev/null 2>&1; do sleep 0.2; done'; then
         tail -20 /var/log/dockerd-tests.log >&2
         log "dockerd did not come up"

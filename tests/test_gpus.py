@@ -13,7 +13,6 @@ import os
 import pwd
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from dockerkernel.spec import (
     LABEL_OWNER_UID,
 )
 
-from conftest import IMAGES, UserSession, as_user, spawn_session, user_env
+from conftest import IMAGES, UserSession, as_user, public_tempdir, spawn_session, user_env
 from gpu_host import GPUS, GpuHost, simulated_gpu_host
 from waiting import wait_until_sync
 
@@ -51,7 +50,9 @@ def gpu_host(docker_client: docker.DockerClient) -> Iterator[GpuHost]:
 
 
 @pytest.fixture
-def start(gpu_host: GpuHost, ordinary_user: pwd.struct_passwd) -> Iterator[Callable[..., UserSession]]:
+def start(
+    gpu_host: GpuHost, ordinary_user: pwd.struct_passwd, public_scripts: Path
+) -> Iterator[Callable[..., UserSession]]:
     """Start a kernel on the GPU host, in a process of its own, as the ordinary user or as root.
 
     The session runs its cells and keeps the kernel until closed; every one
@@ -62,9 +63,8 @@ def start(gpu_host: GpuHost, ordinary_user: pwd.struct_passwd) -> Iterator[Calla
     folders: list[Path] = []
 
     def run(gpus: str, *install: str, user: str = "ordinary", cells: list[str] | None = None) -> UserSession:
-        workdir = Path(tempfile.mkdtemp(prefix="dockerkernel-gpu-"))
+        workdir = public_tempdir("dockerkernel-gpu-")
         folders.append(workdir)
-        os.chmod(workdir, 0o755)
         who = ordinary_user if user == "ordinary" else None
         if who is not None:
             os.chown(workdir, who.pw_uid, who.pw_gid)
@@ -76,7 +76,7 @@ def start(gpu_host: GpuHost, ordinary_user: pwd.struct_passwd) -> Iterator[Calla
             "name": f"gpu-{gpus.replace('=', '-').replace(',', '-')}",
         }
         session = spawn_session(
-            who, workdir, args, wrap=gpu_host.enter, env={"DOCKER_HOST": gpu_host.docker_host}
+            public_scripts, who, workdir, args, wrap=gpu_host.enter, env={"DOCKER_HOST": gpu_host.docker_host}
         )
         sessions.append(session)
         return session

@@ -23,7 +23,7 @@ import pytest
 
 from dockerkernel import errors
 
-from conftest import IMAGES, PYTHONS
+from conftest import IMAGES, PYTHONS, public_tempdir
 
 pytestmark = pytest.mark.docker
 
@@ -48,8 +48,7 @@ def group_dataset() -> Iterator[Path]:
         gid = grp.getgrnam(DATA_GROUP).gr_gid
     except KeyError:
         pytest.fail(f"the group {DATA_GROUP} is missing: tests/run.sh makes it")
-    parent = Path(tempfile.mkdtemp(prefix="dockerkernel-group-"))
-    os.chmod(parent, 0o755)
+    parent = public_tempdir("dockerkernel-group-")
     folder = parent / "datasets"
     folder.mkdir()
     (folder / "train.csv").write_text("x,y\n")

@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 from dockerkernel import docker_ops
 from dockerkernel.spec import GPUS_AUTO_ON_CPU, LABEL_KERNEL_ID, Engine
 
-from conftest import IMAGES, PYTHONS, as_user
+from conftest import IMAGES, PYTHONS, as_user, public_tempdir
 from waiting import wait_until_sync
 
 pytestmark = pytest.mark.docker
@@ -80,7 +79,7 @@ def user_engine(
     after: list[str] | None = None,
 ) -> Iterator[str]:
     """Run a rootless engine as ``user`` with a runtime directory of its own, the test images loaded."""
-    runtime_dir = Path(tempfile.mkdtemp(prefix="dockerkernel-rootless-"))
+    runtime_dir = public_tempdir("dockerkernel-rootless-")
     os.chown(runtime_dir, user.pw_uid, user.pw_gid)
     os.chmod(runtime_dir, 0o700)
     sock = runtime_dir / socket_name

@@ -18,7 +18,7 @@ import pytest
 from dockerkernel import docker_ops, errors
 from dockerkernel.spec import LABEL_KERNEL_ID, LABEL_KERNELSPEC, PORT_NAMES, isolated_network_name
 
-from conftest import IMAGES, as_user, user_env
+from conftest import IMAGES, PUBLIC_TMP, as_user, user_env
 
 pytestmark = pytest.mark.docker
 
@@ -296,7 +296,7 @@ def test_a_user_outside_the_docker_group_is_told_how_to_get_access(
     if os.geteuid() != 0:
         pytest.fail("running as another user needs root: run the suite with tests/run.sh as root")
     nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    with tempfile.TemporaryDirectory(prefix="dockerkernel-nobody-") as home:  # one that nobody can write
+    with tempfile.TemporaryDirectory(prefix="dockerkernel-nobody-", dir=PUBLIC_TMP) as home:  # nobody's
         os.chmod(home, 0o777)
         env = {"PATH": os.environ["PATH"], "HOME": home, "LANG": "C.UTF-8"}
         done = subprocess.run(

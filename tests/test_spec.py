@@ -12,6 +12,7 @@ import pytest
 from docker.types import SecretReference
 
 from dockerkernel import errors, warm_pool
+from dockerkernel.channels import CONTAINER_IPC_DIR, Channels
 from dockerkernel.errors import DockerKernelError
 from dockerkernel.gpus import NVIDIA, Gpu, GpuSupport
 from dockerkernel.identity import Identity, merge_group, merge_passwd
@@ -73,6 +74,42 @@ def plan(settings: DockerSettings | None = None, **kwargs: Any) -> ContainerPlan
 def test_command_fills_in_the_container_connection_file_and_appends_client_arguments() -> None:
     cmd = kernel_command(["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"], ["--debug"])
     assert cmd == ["python", "-m", "ipykernel_launcher", "-f", CONTAINER_CONNECTION_FILE, "--debug"]
+
+
+IPC = Channels("ipc", folder="/run/user/1000/dockerkernel/0a1b2c3d")
+
+
+def test_ipc_channels_publish_no_ports_and_mount_the_kernels_own_folder() -> None:
+    planned = plan(channels=IPC)
+    kwargs = planned.create_kwargs
+    assert "ports" not in kwargs
+    assert kwargs["network"] == "dockerkernel-u1000"  # the kernel keeps its outbound network
+    sockets = [m for m in kwargs["mounts"] if m["Target"] == CONTAINER_IPC_DIR]
+    assert [(m["Source"], m["Type"]) for m in sockets] == [(IPC.folder, "bind")]
+    assert planned.connection["transport"] == "ipc"
+    assert planned.connection["ip"] == f"{CONTAINER_IPC_DIR}/k"
+    assert IPC.host_ip == f"{IPC.folder}/k"
+
+
+def test_network_none_is_for_ipc_channels_only() -> None:
+    offline = DockerSettings(image="img", network="none")
+    assert plan(offline, channels=IPC).create_kwargs["network_mode"] == "none"
+    with pytest.raises(DockerKernelError) as info:
+        plan(offline, channels=Channels("tcp", reason="channels is 'tcp'"))
+    assert str(info.value) == errors.NETWORK_NONE_NEEDS_IPC.format(kernel="spec", reason="channels is 'tcp'")
+
+
+def test_on_selinux_the_socket_folder_is_relabelled_for_its_container_alone() -> None:
+    adapted = for_engine(plan(channels=IPC), Engine(selinux=True))
+    assert all(m["Target"] != CONTAINER_IPC_DIR for m in adapted.create_kwargs["mounts"])
+    assert adapted.create_kwargs["volumes"] == [f"{IPC.folder}:{CONTAINER_IPC_DIR}:Z"]
+    assert "volumes" not in for_engine(plan(channels=IPC), Engine()).create_kwargs
+
+
+def test_pooled_kernels_with_sockets_of_their_own_match_a_start() -> None:
+    other = Channels("ipc", folder="/run/user/1000/dockerkernel/99999999")
+    assert warm_pool.fingerprint(plan(channels=IPC)) == warm_pool.fingerprint(plan(channels=other))
+    assert warm_pool.fingerprint(plan(channels=IPC)) != warm_pool.fingerprint(plan())
 
 
 def test_ports_are_published_on_loopback_only() -> None:
@@ -145,15 +182,21 @@ def test_a_mount_over_the_image_system_is_refused() -> None:
         mounted_folders("/usr", "/home/me/notebooks", server_root=None, client_cwd=None)
 
 
-@pytest.mark.parametrize(
-    "volumes",
-    [["/x:/home/me/notebooks"], ["/x:/data", "/y:/data:ro"], ["/x:/dockerkernel"], ["/x:" + CONTAINER_HOME]],
-)
+@pytest.mark.parametrize("volumes", [["/x:/home/me/notebooks"], ["/x:/data", "/y:/data:ro"]])
 def test_two_mounts_at_one_target_are_refused(volumes: list[str]) -> None:
     with pytest.raises(DockerKernelError) as info:
         plan(DockerSettings(image="img", volumes=volumes))
     target = volumes[-1].split(":")[1]
     assert str(info.value).startswith(errors.MOUNT_TARGET_TWICE.split("'{target}'")[0] + f"'{target}'")
+
+
+@pytest.mark.parametrize(
+    "target", ["/dockerkernel", CONTAINER_HOME, CONTAINER_IPC_DIR, "/dockerkernel/run/x"]
+)
+def test_no_mount_lands_in_dockerkernels_own_folder(target: str) -> None:
+    with pytest.raises(DockerKernelError) as info:
+        plan(DockerSettings(image="img", volumes=[f"/x:{target}"]))
+    assert str(info.value) == errors.MOUNT_TARGET_OURS.format(target=target, dir="/dockerkernel")
 
 
 def test_any_folder_name_can_be_mounted() -> None:

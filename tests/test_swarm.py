@@ -143,13 +143,17 @@ def test_python2_is_refused_on_a_swarm(swarm: Swarm, dockerkernel: Callable[...,
 
 
 def test_prune_removes_the_service_and_secret_of_a_server_that_is_gone(
-    swarm: Swarm, dockerkernel: Callable[..., CliResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    swarm: Swarm,
+    dockerkernel: Callable[..., CliResult],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    public_scripts: Path,
 ) -> None:
     workdir = tmp_path / "session"
     workdir.mkdir()
     args = {"install": ["--image", IMAGES["py3"], "--no-pull", *ON_THE_WORKER], "cells": ["pass"],
             "cwd": str(workdir), "keep": True}  # fmt: skip
-    session = spawn_session(None, workdir, args)
+    session = spawn_session(public_scripts, None, workdir, args)
     try:
         assert not session.result().error
     finally:
