@@ -92,6 +92,14 @@ IPC_PATH_TOO_LONG = (
     "A kernel's socket paths under {tried} would be longer than the {max} bytes a unix socket "
     "address can hold: set XDG_RUNTIME_DIR (or TMPDIR) to a shorter folder, such as /tmp."
 )
+POLICY_REFUSED = (
+    "Kernel '{kernel}' asks for {asks}, which this machine's policy does not allow ({rule}): "
+    "ask your administrator, or remove that setting from the kernelspec."
+)
+POLICY_FILE_INVALID = (
+    "The kernel policy file {path} cannot be read ({reason}): fix it, as a JSON file such as "
+    '{{"KernelPolicy": {{"allowed_volume_roots": ["/data"]}}}}.'
+)
 NETWORK_NONE_NEEDS_IPC = (
     "Kernel '{kernel}' has network 'none', which only ipc channels can reach, but its channels "
     "are tcp ({reason}): use another network, or an engine of this machine."

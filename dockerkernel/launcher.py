@@ -25,7 +25,7 @@ from types import FrameType
 
 from jupyter_client.kernelspec import KernelSpec
 
-from . import docker_ops, errors
+from . import docker_ops, errors, policy
 from .backends import ContainerBackend
 from .channels import Channels
 from .config import check_launchable, make_settings
@@ -80,6 +80,7 @@ def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] =
     config = spec.metadata.get("kernel_provisioner", {}).get("config", {})
     settings = make_settings(DockerSettings, config, name)
     cwd = os.getcwd()
+    policy.check(settings, name)
     check_launchable(settings, name, cwd)
     if settings.host().scheme == "tcp" or settings.backend == "swarm":
         # The client connects to this machine's loopback, unencrypted: it knows nothing of the host.

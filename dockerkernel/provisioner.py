@@ -26,7 +26,7 @@ from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, TraitError
 
-from . import channels, docker_ops, errors, fallback, warm_pool
+from . import channels, docker_ops, errors, fallback, policy, warm_pool
 from .backends import Backend, ContainerBackend, Launched, SwarmBackend
 from .channels import IPC_PORTS, Channels
 from .config import check_launchable, check_setting_names, check_warm_pool
@@ -250,6 +250,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         self._pooled = None
         self._start_error = ""
         with self._deferred_if_fallback():
+            policy.check(self, self.kernel_name, self.config)
             check_launchable(self, self.kernel_name, cwd)
         owner = docker_ops.this_process_owner()
         if first_start:

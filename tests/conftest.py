@@ -418,7 +418,7 @@ def public_tempdir(prefix: str) -> Path:
 def public_scripts() -> Iterator[Path]:
     """The test scripts that other users run, copied where they can read them."""
     folder = public_tempdir("dockerkernel-scripts-")
-    for name in ("user_session.py",):
+    for name in ("user_session.py", "sniffer.py"):
         shutil.copy(Path(__file__).with_name(name), folder / name)
         os.chmod(folder / name, 0o644)
     yield folder

@@ -22,7 +22,7 @@ import pytest
 from jupyter_client.manager import AsyncKernelManager
 from tornado.httpclient import HTTPClientError
 
-from dockerkernel import errors
+from dockerkernel import channels, errors
 from dockerkernel.errors import DockerKernelError
 from dockerkernel.spec import LABEL_KERNELSPEC
 
@@ -99,13 +99,23 @@ START_CASES = [
               "Invalid dockerkernel setting in kernelspec 'bad-11': invalid image name …",
               _set(image="dockerkernel-test/py3 --privileged")),
     StartCase("memory limit below Docker's minimum", ["--image", PY3, "--mem-limit", "1m"], START_FAILED),
-    StartCase("unknown container option", ["--image", PY3],
-              START_FAILED, _set(container_options={"no_such_option": 1})),
+    StartCase("container options, which the default policy refuses", ["--image", PY3],
+              errors.POLICY_REFUSED.format(kernel="bad-13", asks="container_options",
+                                           rule="KernelPolicy.allow_container_options"),
+              _set(container_options={"privileged": True})),
     StartCase("two mounts at one path", ["--image", PY3],
               errors.MOUNT_TARGET_TWICE.format(target="/data", first="'/tmp'", second="'/usr'"),
               _set(volumes=["/tmp:/data", "/usr:/data:ro"])),
     StartCase("mount over the image's system", ["--image", PY3],
               errors.MOUNT_SYSTEM_DIR.format(path="/usr"), _set(mount="/usr")),
+    StartCase("the Docker socket as a volume", ["--image", PY3],
+              errors.POLICY_REFUSED.format(
+                  kernel="bad-16", asks="the volume /run/docker.sock",
+                  rule="KernelPolicy.allowed_volume_roots: any folder but the system's own"),
+              _set(volumes=["/run/docker.sock:/var/run/docker.sock"])),
+    StartCase("the host's network, which the default policy refuses", ["--image", PY3, "--network", "host"],
+              errors.POLICY_REFUSED.format(kernel="bad-17", asks="the host's network",
+                                           rule="KernelPolicy.allow_host_network")),
 ]  # fmt: skip
 
 
@@ -140,6 +150,7 @@ async def test_bad_kernel_inputs_each_get_one_clear_sentence(
     docker_client: docker.DockerClient,
 ) -> None:
     server = await jupyter_server(notebook_dir.parent)
+    sockets_before = set(os.listdir(channels.base_folder()))
     report, failures = [], []
     for number, case in enumerate(START_CASES):
         name = f"bad-{number}"
@@ -158,6 +169,7 @@ async def test_bad_kernel_inputs_each_get_one_clear_sentence(
         assert (await server.api("GET", "/api/status", timeout=10))["kernels"] == 0  # still serving
     print("\n".join(report))
     assert not failures, "\n".join(failures)
+    assert set(os.listdir(channels.base_folder())) <= sockets_before  # no kernel's sockets' folder left
     assert not os.path.exists("/no/such/dir")  # a missing volume source is never created
 
 

@@ -334,7 +334,16 @@ async def test_environment_is_an_allow_list(
     assert "hunter2" not in json.dumps(docker_client.api.inspect_container(kernel.container_id))
 
 
-async def test_host_network(install_test_kernel: Any, start_kernel: Any, notebook_dir: Path) -> None:
+async def test_host_network_where_the_policy_allows_it(
+    install_test_kernel: Any,
+    start_kernel: Any,
+    notebook_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"KernelPolicy": {"allow_host_network": True}}))
+    monkeypatch.setenv("DOCKERKERNEL_POLICY_FILE", str(policy))
     name = install_test_kernel("py3", "--network", "host")
     kernel = await start_kernel(name, cwd=str(notebook_dir))
     assert (await kernel.execute("print('on the host network')")).status == "ok"

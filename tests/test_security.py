@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,8 @@ import pytest
 import zmq
 from jupyter_client.manager import AsyncKernelManager
 
-from dockerkernel import errors
+from dockerkernel import channels, errors
+from dockerkernel.channels import CONTAINER_IPC_DIR, channel_url
 from dockerkernel.spec import CONTAINER_CONNECTION_FILE, PORT_NAMES
 
 pytestmark = pytest.mark.docker
@@ -24,7 +29,24 @@ async def kernel(install_test_kernel: Any, start_kernel: Any, notebook_dir: Path
     return await start_kernel(install_test_kernel("py3"), cwd=str(notebook_dir))
 
 
-async def test_kernel_ports_listen_on_loopback_only(kernel: Any, docker_client: docker.DockerClient) -> None:
+async def test_a_kernel_of_this_machines_engine_publishes_no_ports(
+    kernel: Any, docker_client: docker.DockerClient
+) -> None:
+    info = kernel.km.get_connection_info()
+    assert info["transport"] == "ipc"
+    folder = os.path.dirname(info["ip"])
+    assert os.path.dirname(folder) == channels.base_folder()
+    assert (os.stat(folder).st_mode & 0o777, os.stat(folder).st_uid) == (0o700, os.getuid())
+    attrs = docker_client.api.inspect_container(kernel.container_id)
+    assert not attrs["HostConfig"]["PortBindings"]
+    assert not attrs["NetworkSettings"]["Ports"]
+    assert not attrs["Config"].get("ExposedPorts")
+
+
+async def test_tcp_kernel_ports_listen_on_loopback_only(
+    install_test_kernel: Any, start_kernel: Any, notebook_dir: Path, docker_client: docker.DockerClient
+) -> None:
+    kernel = await start_kernel(install_test_kernel("py3", "--channels", "tcp"), cwd=str(notebook_dir))
     ports = {int(kernel.km.get_connection_info()[name]) for name in PORT_NAMES}
     listeners = [c for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
     addresses = {(c.laddr.ip, c.laddr.port) for c in listeners if c.laddr.port in ports}
@@ -78,10 +100,15 @@ async def test_no_docker_socket_capabilities_or_privileged_mode(
     assert attrs["HostConfig"]["Privileged"] is False
     assert not attrs["HostConfig"]["CapAdd"]
     assert not attrs["HostConfig"]["Devices"]
-    # The notebook's folder and the kernel's own home volume, and nothing else.
+    # The notebook's folder, the kernel's own sockets' folder and home volume, and nothing else.
     mounts = sorted((m["Type"], m.get("Name", m["Source"]), m["Destination"]) for m in attrs["Mounts"])
     home = f"dockerkernel-home-{os.getuid()}-test-py3"
-    assert mounts == [("bind", str(notebook_dir), str(notebook_dir)), ("volume", home, "/dockerkernel/home")]
+    sockets = os.path.dirname(kernel.km.ip)
+    assert mounts == [
+        ("bind", str(notebook_dir), str(notebook_dir)),
+        ("bind", sockets, CONTAINER_IPC_DIR),
+        ("volume", home, "/dockerkernel/home"),
+    ]
     reply = await kernel.execute("import os; print(os.path.exists('/var/run/docker.sock'))")
     assert reply.stdout == "False\n"
 
@@ -108,7 +135,7 @@ async def test_curve_encrypts_the_kernel_channels(
         assert reply["content"]["status"] == "ok"
         # A client without the keys gets nothing from the shell channel.
         plain.linger = 0
-        plain.connect(f"tcp://127.0.0.1:{info['shell_port']}")
+        plain.connect(channel_url(info, "shell"))
         km.session.send(plain, km.session.msg("kernel_info_request"))
         assert not plain.poll(2000)
     finally:
@@ -126,3 +153,44 @@ def test_curve_is_refused_for_an_image_whose_ipykernel_lacks_it(
     assert result.err.splitlines()[-1] == "dockerkernel: " + errors.CURVE_UNSUPPORTED.format(
         version="4.10.1", image="dockerkernel-test/py2"
     )
+
+
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+@pytest.mark.parametrize("wanted", ["auto", "tcp"])
+async def test_another_local_user_overhears_nothing(
+    wanted: str, install_test_kernel: Any, start_kernel: Any, notebook_dir: Path, public_scripts: Path
+) -> None:
+    """A local user who is not the kernel's owner, nor in the docker group, tries every socket of the
+    host while the kernel prints a secret: over ipc they hear nothing; over tcp they do, so this can fail."""
+    if os.geteuid() != 0:
+        pytest.fail("running the sniffer as another user needs root: run the suite with tests/run.sh as root")
+    kernel = await start_kernel(install_test_kernel("py3", "--channels", wanted), cwd=str(notebook_dir))
+    assert kernel.km.transport == ("ipc" if wanted == "auto" else "tcp")
+    secret = f"secret-{uuid.uuid4().hex}"
+    msg_id = kernel.kc.execute(f"import time\nwhile True:\n    print({secret!r})\n    time.sleep(0.05)")
+    while True:  # the owner hears it
+        msg = await kernel.kc.get_iopub_msg(timeout=30)
+        if msg["msg_type"] == "stream" and secret in msg["content"]["text"]:
+            break
+    base = channels.base_folder()
+    sniff = [*NOBODY, sys.executable, str(public_scripts / "sniffer.py"), secret, base, "5"]
+    env = {"PATH": os.environ["PATH"], "HOME": str(public_scripts), "LANG": "C.UTF-8"}
+    done = await asyncio.to_thread(
+        subprocess.run, sniff, env=env, cwd=public_scripts, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    heard = json.loads(done.stdout.splitlines()[-1])
+    await kernel.km.interrupt_kernel()
+    while True:
+        reply = await kernel.kc.get_shell_msg(timeout=30)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    assert heard["unix_sockets"] > 0
+    if wanted == "tcp":
+        assert heard["heard"] is True, heard
+        return
+    assert heard["heard"] is False, heard
+    assert heard["folder"] == "PermissionError"
+    assert not [path for path in heard["unix_connected"] if path.startswith(base)]
