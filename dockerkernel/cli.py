@@ -361,10 +361,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("No dockerkernel kernelspecs are installed: try `dockerkernel install python3`.")
     else:
         rows = [
-            (k.name, k.image, k.gpus, _channels_of(k), k.home or "(in the container)", k.path)
+            (k.name, k.image, k.gpus, k.home or "(in the container)", k.path, _channels_of(k))
             for k in kernels
         ]
-        print(_table([("NAME", "IMAGE", "GPUS", "CHANNELS", "HOME VOLUME", "LOCATION"), *rows]))
+        print(_table([("NAME", "IMAGE", "GPUS", "HOME VOLUME", "LOCATION", "CHANNELS"), *rows]))
     return 0
 
 

@@ -352,14 +352,15 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         )
 
     def _adopt_ports_and_key(self, km: Any, pooled: warm_pool.Pooled, env: dict[str, str]) -> None:
-        """Make a pooled kernel's ports and key this kernel's, for launch_kernel() to take it.
+        """Make a pooled kernel's channels and key this kernel's, for launch_kernel() to take it.
 
-        The ports that pre_launch() chose go back; the connection file is
-        written again with the pooled kernel's ports and key.
+        The sockets' folder or the ports that pre_launch() chose go back; the
+        connection file is written again with the pooled kernel's.
         """
         if self._channels.transport == "ipc":
             channels.remove_kernel_folder(self._channels.folder)
             self._use_ipc(km, pooled.plan.channels.folder)
+            self._plan_args["channels"] = self._channels  # for a cold start, should the take fail
         else:
             ports = LocalPortCache.instance()
             for port_name in PORT_NAMES:

@@ -465,6 +465,7 @@ class UserSession:
     workdir: Path  # its HOME, with its Jupyter files
     outputs: list[str] = field(default_factory=list)
     container: str = ""
+    ip: str = ""  # where its channels are: over ipc, the sockets' path in its folder
     error: str = ""  # why the kernel could not start
 
     def result(self) -> UserSession:
@@ -477,6 +478,7 @@ class UserSession:
             raise AssertionError(f"the user's kernel session failed:\n{err[-3000:]}")
         result = json.loads(line)
         self.outputs, self.container = result.get("outputs", []), result.get("container", "")
+        self.ip = result.get("ip", "")
         self.error = result.get("error", "")
         return self
 

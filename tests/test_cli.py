@@ -141,9 +141,10 @@ def test_list_and_uninstall(dockerkernel: Any, jupyter_dirs: Path) -> None:
     assert dockerkernel("list").out.startswith("No dockerkernel kernelspecs are installed")
     dockerkernel("install", "--image", "a/b:1", "--name", "foo", "--gpus", "2", "--no-pull")
     lines = dockerkernel("list").out.splitlines()
-    assert lines[0].split() == ["NAME", "IMAGE", "GPUS", "HOME", "VOLUME", "LOCATION"]
+    assert lines[0].split() == ["NAME", "IMAGE", "GPUS", "HOME", "VOLUME", "LOCATION", "CHANNELS"]
     home = f"dockerkernel-home-{os.getuid()}-foo"
-    assert lines[1].split() == ["foo", "a/b:1", "2", home, str(jupyter_dirs / "data" / "kernels" / "foo")]
+    assert lines[1].split()[:5] == ["foo", "a/b:1", "2", home, str(jupyter_dirs / "data" / "kernels" / "foo")]
+    assert lines[1].split(maxsplit=5)[5] == "ipc (private sockets)"  # an engine of this machine
     assert json.loads(dockerkernel("list", "--json").out)[0]["image"] == "a/b:1"
     assert dockerkernel("uninstall", "foo").code == 0
     assert not (jupyter_dirs / "data" / "kernels" / "foo").exists()

@@ -36,6 +36,7 @@ from dockerkernel.spec import (
     plan_container,
 )
 
+from conftest import IMAGES, interrupt_a_sleep
 from waiting import wait_until
 
 pytestmark = pytest.mark.docker
@@ -116,20 +117,32 @@ async def test_shutdown_leaves_no_container(
     kernel = await start_kernel(kernel_name, cwd=str(notebook_dir))
     container_id = kernel.container_id
     assert docker_client.containers.get(container_id).status == "running"
+    sockets = Path(kernel.km.ip).parent
+    assert kernel.km.transport == "ipc" and sockets.is_dir()
     await kernel.shutdown()
+    assert not sockets.exists()  # the kernel's sockets' folder goes with it
     this_kernel = {"label": f"{LABEL_KERNEL_ID}={kernel.km.kernel_id}"}
     # The shutdown ends at the kernel's exit; the container is removed just after.
     await wait_until(lambda: not docker_client.containers.list(all=True, filters=this_kernel), "the removal")
 
 
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
 async def test_kernel_without_the_provisioner_runs_in_the_same_container(
-    kernel_name: str, notebook_dir: Path, docker_client: docker.DockerClient, no_leftovers: None
+    kernel_name: str,
+    transport: str,
+    notebook_dir: Path,
+    docker_client: docker.DockerClient,
+    no_leftovers: None,
 ) -> None:
     """A client that ignores kernel_provisioner runs the kernelspec's argv: the launcher.
 
-    Start, interrupt, restart and shutdown behave as with the provisioner.
+    It honours the transport of the connection file the client wrote. Start,
+    interrupt, restart and shutdown behave as with the provisioner.
     """
-    km = AsyncKernelManager(kernel_name=kernel_name)
+    sockets = notebook_dir.parent / "sockets"  # a client's own folder for ipc, given as an absolute path
+    sockets.mkdir(mode=0o700)
+    ip = str(sockets / "kernel") if transport == "ipc" else "127.0.0.1"
+    km = AsyncKernelManager(kernel_name=kernel_name, transport=transport, ip=ip)
     km.kernel_spec.metadata.pop("kernel_provisioner")  # as such a client would
     await km.start_kernel(cwd=str(notebook_dir))
     this_kernel = f"{LABEL_KERNELSPEC}={kernel_name}"  # the only kernel of this kernelspec
@@ -142,6 +155,8 @@ async def test_kernel_without_the_provisioner_runs_in_the_same_container(
         )
         assert reply["content"]["status"] == "ok"
         [container] = docker_client.containers.list(filters={"label": this_kernel})
+        published = docker_client.api.inspect_container(container.id)["HostConfig"]["PortBindings"]
+        assert bool(published) == (transport == "tcp")
         # Started by the argv's launcher, a process of its own, not by a provisioner in this one.
         launcher = psutil.Process(int(container.labels[LABEL_OWNER_PID]))
         assert launcher.pid != os.getpid()
@@ -332,6 +347,20 @@ async def test_environment_is_an_allow_list(
     assert env["FROM_SPEC"] == "yes"
     assert "AWS_SECRET_ACCESS_KEY" not in env and "JPY_PARENT_PID" not in env
     assert "hunter2" not in json.dumps(docker_client.api.inspect_container(kernel.container_id))
+
+
+async def test_an_offline_kernel_has_no_network_and_works_over_ipc(
+    install_test_kernel: Any, start_kernel: Any, notebook_dir: Path, dockerkernel: Any
+) -> None:
+    kernel = await start_kernel(install_test_kernel("py3", "--network", "none"), cwd=str(notebook_dir))
+    assert kernel.km.transport == "ipc"
+    reply = await kernel.execute("import os; print(sorted(os.listdir('/sys/class/net')))")
+    assert reply.stdout == "['lo']\n"
+    await interrupt_a_sleep(kernel)
+    refused = dockerkernel("install", "--image", IMAGES["py3"], "--name", "x", "--network", "none",
+                           "--channels", "tcp", "--no-pull")  # fmt: skip
+    sentence = errors.NETWORK_NONE_NEEDS_IPC.format(kernel="x", reason="channels is 'tcp'")
+    assert (refused.code, refused.err.splitlines()[-1]) == (1, f"dockerkernel: {sentence}")
 
 
 async def test_host_network_where_the_policy_allows_it(

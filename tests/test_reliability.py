@@ -46,7 +46,7 @@ async def test_a_port_taken_before_the_container_publishes_it_is_retried_with_ne
     monkeypatch.setattr(DockerProvisioner, "pre_launch", pre_launch_then_lose_a_port)
     caplog.set_level(logging.INFO)
     try:
-        kernel = await start_kernel(install_test_kernel("py3"), cwd=str(notebook_dir))
+        kernel = await start_kernel(install_test_kernel("py3", "--channels", "tcp"), cwd=str(notebook_dir))
         assert kernel.km.shell_port != taken[0].getsockname()[1]
         assert (await kernel.execute("print('on new ports')")).stdout == "on new ports\n"
         assert any("trying other ports" in r.getMessage() for r in caplog.records)

@@ -191,7 +191,8 @@ async def test_kernel_ports_are_unreachable_from_other_containers(
     user_session: Any,
 ) -> None:
     """A plain container on Docker's default bridge, and another user's kernel, try each of the five ports."""
-    kernel = await start_kernel(install_test_kernel("py3"), cwd=str(notebook_dir))
+    # With tcp channels: over ipc (the default here) a kernel has no ports at all.
+    kernel = await start_kernel(install_test_kernel("py3", "--channels", "tcp"), cwd=str(notebook_dir))
     networks = docker_client.api.inspect_container(kernel.container_id)["NetworkSettings"]["Networks"]
     assert list(networks) == [isolated_network_name(os.getuid())]
     ports = [int(kernel.km.get_connection_info()[name]) for name in PORT_NAMES]
@@ -208,7 +209,8 @@ async def test_kernel_ports_are_unreachable_from_other_containers(
     assert other_user.outputs == [" ".join(["closed"] * 5) + "\n"]
     # The probe can see open ports: a kernel on the default bridge is reachable from it.
     exposed = await start_kernel(
-        install_test_kernel("py3", "--network", "bridge", name="exposed"), cwd=str(notebook_dir)
+        install_test_kernel("py3", "--network", "bridge", "--channels", "tcp", name="exposed"),
+        cwd=str(notebook_dir),
     )
     ports = [int(exposed.km.get_connection_info()[name]) for name in PORT_NAMES]
     address = container_address(docker_client, exposed.container_id)
@@ -251,9 +253,13 @@ def test_prune_and_ps_touch_only_the_users_own_kernels_where_proc_hides_other_us
         }
         assert every[mine.short_id]["owner"] == "unknown"  # hidden from this user: never "gone"
         assert every[mine.short_id]["user"] == "root"
+        live_sockets, orphaned_sockets = (Path(s.ip).parent for s in (live, orphaned))
+        assert live_sockets.is_dir() and orphaned_sockets.is_dir()
         assert as_user_where_proc_hides_others("prune") == "Removed 1 kernel container whose owner is gone.\n"
         with pytest.raises(docker.errors.NotFound):
             docker_client.containers.get(orphaned.container)
+        # The sockets' folder of the killed server's kernel goes with it; the live one's stays.
+        assert (live_sockets.is_dir(), orphaned_sockets.exists()) == (True, False)
         assert docker_client.containers.get(live.container).status == "running"
         assert docker_client.containers.get(mine.id).status == "running"
     finally:

@@ -28,14 +28,16 @@ pytestmark = pytest.mark.docker
 POOL_SIZE = 2
 
 # What a notebook sees of its kernel, Python 2 and 3 alike. Mount sources that
-# name the container itself (its hostname file, its cgroups) have its id masked.
+# name the container itself (its hostname file, its cgroups) have its id masked,
+# and the kernel's own sockets' folder is named by the folder that holds it.
 PROBE = r"""
 import json, os, pwd, re, sys
 def _mounts():
     found = []
     for line in open('/proc/self/mountinfo'):
         fields = line.split()
-        found.append((re.sub('[0-9a-f]{64}', 'ID', fields[3]), fields[4]))
+        root = fields[3] if fields[4] != '/dockerkernel/ipc' else os.path.dirname(fields[3])
+        found.append((re.sub('[0-9a-f]{64}', 'ID', root), fields[4]))
     return sorted(found)
 _env = dict(os.environ)
 _env.pop('HOSTNAME', None)
@@ -112,14 +114,16 @@ async def test_a_kernel_taken_from_the_pool_is_a_cold_one_but_for_its_own_ports_
         point for _, point in a["mounts"] if point in ("/dockerkernel/home", str(notebook_dir))
     )
 
-    # Its ports and key are its own: neither the cold kernel's nor a pooled one's.
-    info = {k: warm.km.get_connection_info()[k] for k in ("shell_port", "iopub_port", "hb_port", "key")}
+    # Its channels (its sockets' folder, over ipc) and key are its own: neither the cold kernel's nor a
+    # pooled one's.
+    assert warm.km.transport == "ipc"
+    info = {k: warm.km.get_connection_info()[k] for k in ("ip", "key")}
     assert not set(info.values()) & {cold.km.get_connection_info()[k] for k in info}
     assert pool.wait_filled(timeout=120)
     for other in pool._pools[name].ready:
         assert not set(info.values()) & {other.connection[k] for k in info}
 
-    # A restart is cold, on the same ports and key, and forgets the state.
+    # A restart is cold, on the same sockets and key, and forgets the state.
     assert (await warm.execute("x = 1")).status == "ok"
     await warm.km.restart_kernel()
     await warm.kc.wait_for_ready(timeout=60)

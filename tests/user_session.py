@@ -7,7 +7,7 @@ cells are actions instead of code: "%interrupt" runs a long sleep and
 interrupts it once the kernel is busy, "%restart" restarts the kernel. With
 "keep", the kernel stays up after the cells, until stdin closes: a live kernel
 of that user for the test to look at. The last stdout line is
-{"outputs": [...], "container": ID}, or {"error": MESSAGE} when the kernel
+{"outputs": [...], "container": ID, "ip": IP}, or {"error": MESSAGE} when the kernel
 could not start. The kernelspec is named "name", by default "session".
 """
 
@@ -81,7 +81,8 @@ try:
             outputs.append("restarted")
         else:
             outputs.append(run_cell(kc, cell))
-    print(json.dumps({"outputs": outputs, "container": km.provisioner.container_id}), flush=True)
+    result = {"outputs": outputs, "container": km.provisioner.container_id, "ip": km.ip}
+    print(json.dumps(result), flush=True)
     if args.get("keep"):
         sys.stdin.read()
 finally:
