@@ -100,7 +100,8 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     """Runs each kernel in a container of its own, made from the kernelspec's image.
 
     The notebook's directory is mounted at its own path and is the working
-    directory; the kernel's ports are published on 127.0.0.1 only; the kernel
+    directory; the kernel's channels are unix sockets in a private folder on
+    this machine's engines, else ports published on 127.0.0.1 only; the kernel
     runs as the user who runs Jupyter unless told otherwise.
     """
 
@@ -237,16 +238,15 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             self._state = KernelState.STOPPING
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
-        """Choose ports, write the connection file and plan the container.
+        """Check the policy, choose the channels, write the connection file and plan the container.
 
         Called by KernelManager.pre_start_kernel() at every start and restart.
         The plan is made afresh each time, from the settings and kwargs.
         """
         km: Any = self.parent  # the KernelManager
         cwd = os.path.abspath(os.fspath(kwargs.get("cwd") or os.getcwd()))
-        first_start = (
-            self._first_start
-        ) = not self._ports_cached  # a restart keeps its channels, is never warm
+        self._first_start = not self._ports_cached  # a restart keeps its channels, and is never warm
+        first_start = self._first_start
         self._pooled = None
         self._start_error = ""
         with self._deferred_if_fallback():
@@ -257,13 +257,11 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             # The same channels, sockets or ports, are kept across restarts, as for local kernels.
             await self._choose_channels(km, owner)
         try:
-            kwargs = await self._write_connection_and_plan(km, cwd, owner, kwargs)
+            return await self._write_connection_and_plan(km, cwd, owner, kwargs)
         except BaseException:
             if first_start:  # nothing is left of a start that failed
                 self._release_channels()
             raise
-        kwargs["cmd"] = self._plan.create_kwargs["command"] if self._plan else []
-        return kwargs
 
     async def _choose_channels(self, km: Any, owner: Owner) -> None:
         """ipc sockets in a folder of the kernel's own where the engine can carry them, else tcp ports.
@@ -577,7 +575,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
                 socket.close()
 
     def _start_fallback(self, message: str) -> None:
-        """Run the fallback kernel on the host, on the kernel's ports; it shows ``message``."""
+        """Run the fallback kernel on the host, on the kernel's channels; it shows ``message``."""
         km: Any = self.parent
         connection_file = km.connection_file  # over ipc, its sockets are in the kernel's folder, here
         self._ip = "127.0.0.1"  # on this machine, wherever the kernel would have run

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,8 +55,16 @@ def test_urls_as_jupyter_client_makes_them() -> None:
 
 
 @pytest.fixture
-def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "rt"
+def short_tmp() -> Iterator[Path]:
+    """A private folder with a short path: pytest's own may be too long for a socket's."""
+    folder = Path(tempfile.mkdtemp(prefix="dk-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder)
+
+
+@pytest.fixture
+def runtime(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = short_tmp / "rt"
     folder.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
     return folder
@@ -86,8 +97,8 @@ def test_a_base_open_to_others_is_refused_and_left_alone(runtime: Path, mode: in
     assert not list(base.iterdir())
 
 
-def test_a_link_in_place_of_the_base_is_refused(runtime: Path, tmp_path: Path) -> None:
-    elsewhere = tmp_path / "elsewhere"
+def test_a_link_in_place_of_the_base_is_refused(runtime: Path, short_tmp: Path) -> None:
+    elsewhere = short_tmp / "elsewhere"
     elsewhere.mkdir(mode=0o700)
     (runtime / "dockerkernel").symlink_to(elsewhere)
     with pytest.raises(DockerKernelError) as info:
@@ -109,13 +120,13 @@ def test_a_base_of_another_users_is_refused(runtime: Path) -> None:
 
 
 def test_without_a_runtime_folder_a_private_one_in_tmp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(short_tmp))
     monkeypatch.setattr("tempfile.tempdir", None)
     folder = Path(channels.new_kernel_folder({}))
-    assert folder.parent == tmp_path / f"dockerkernel-{os.getuid()}"
+    assert folder.parent == short_tmp / f"dockerkernel-{os.getuid()}"
     assert folder.parent.stat().st_mode & 0o777 == 0o700
 
 

@@ -23,7 +23,7 @@ from jupyter_client.connect import write_connection_file
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
-from dockerkernel import docker_ops, errors
+from dockerkernel import channels, docker_ops, errors
 from dockerkernel.config import make_settings
 from dockerkernel.errors import DockerKernelError
 from dockerkernel.identity import host_identity
@@ -415,6 +415,21 @@ async def test_prune_removes_only_containers_whose_owner_is_gone(
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(orphan.id)
     assert (await live.execute("print('untouched')")).stdout == "untouched\n"
+
+
+async def test_a_failed_start_leaves_no_sockets_folder_behind(
+    install_test_kernel: Any, notebook_dir: Path, no_leftovers: None
+) -> None:
+    """Outside a server (nbclient, papermill) a start that fails raises, and leaves nothing behind."""
+    name = install_test_kernel("py3", "--pull-policy", "never")
+    spec_file = Path(KernelSpecManager().get_kernel_spec(name).resource_dir) / "kernel.json"
+    spec = json.loads(spec_file.read_text())
+    spec["metadata"]["kernel_provisioner"]["config"]["image"] = "dockerkernel-test/no-such-image:1"
+    spec_file.write_text(json.dumps(spec))
+    before = set(os.listdir(channels.base_folder()))
+    with pytest.raises(DockerKernelError, match="is not present and pull_policy is 'never'"):
+        await AsyncKernelManager(kernel_name=name).start_kernel(cwd=str(notebook_dir))
+    assert set(os.listdir(channels.base_folder())) == before
 
 
 async def test_unknown_kernelspec_key_is_an_error_naming_it(dockerkernel: Any, jupyter_dirs: Path) -> None:
