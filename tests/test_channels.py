@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 
 from dockerkernel import channels, errors
 from dockerkernel.channels import SOCKET_PATH_MAX, Channels, channel_url, choose
+from dockerkernel.docker_ops import shares_this_kernel
 from dockerkernel.errors import DockerKernelError
 
 
@@ -143,11 +145,43 @@ def test_paths_too_long_for_a_socket_are_a_sentence(tmp_path: Path, monkeypatch:
     assert not list(deep.iterdir())  # nothing made
 
 
-def test_prune_removes_only_the_folders_of_owners_that_are_gone(runtime: Path) -> None:
+def test_prune_removes_only_the_folders_of_owners_that_are_gone(
+    runtime: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(short_tmp))  # so that the kernels of other tests are not looked at
+    monkeypatch.setattr("tempfile.tempdir", None)
     gone = channels.new_kernel_folder({"pid": "gone"})
     alive = channels.new_kernel_folder({"pid": "alive"})
     unknown = channels.new_kernel_folder({"pid": "elsewhere"})
     verdicts = {"gone": False, "alive": True, "elsewhere": None}
-    removed = channels.prune(lambda owner: verdicts[owner["pid"]])
+    removed = channels.prune(lambda owner: verdicts.get(owner.get("pid", "")))
     assert removed == [gone]
     assert not Path(gone).exists() and Path(alive).exists() and Path(unknown).exists()
+
+
+@pytest.mark.parametrize(
+    ("info", "local"),
+    [
+        (
+            {
+                "OSType": "linux",
+                "KernelVersion": platform.release(),
+                "OperatingSystem": "Debian GNU/Linux 12",
+            },
+            True,
+        ),
+        (
+            {"OSType": "linux", "KernelVersion": "6.10.14-linuxkit", "OperatingSystem": "Docker Desktop"},
+            False,
+        ),
+        (
+            {"OSType": "linux", "KernelVersion": platform.release(), "OperatingSystem": "Docker Desktop"},
+            False,
+        ),
+        ({"OSType": "linux", "KernelVersion": "5.15.0-1-other", "OperatingSystem": "Fedora CoreOS"}, False),
+        ({"OSType": "windows", "KernelVersion": platform.release(), "OperatingSystem": "Windows"}, False),
+    ],
+)
+def test_an_engine_carries_sockets_only_on_this_machines_kernel(info: dict[str, str], local: bool) -> None:
+    """Docker Desktop and Podman machines run their engine in a VM: its bind mounts carry no sockets."""
+    assert shares_this_kernel(info) is local

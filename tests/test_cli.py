@@ -146,6 +146,10 @@ def test_list_and_uninstall(dockerkernel: Any, jupyter_dirs: Path) -> None:
     assert lines[1].split()[:5] == ["foo", "a/b:1", "2", home, str(jupyter_dirs / "data" / "kernels" / "foo")]
     assert lines[1].split(maxsplit=5)[5] == "ipc (private sockets)"  # an engine of this machine
     assert json.loads(dockerkernel("list", "--json").out)[0]["image"] == "a/b:1"
+    dockerkernel("install", "--image", "a/b:1", "--name", "far", "--host", "ssh://me@gpu-3", "--no-pull")
+    far = json.loads(dockerkernel("list", "--json").out)[0]
+    assert (far["name"], far["channels"]) == ("far", "tcp (the engine is on another host (ssh://me@gpu-3))")
+    assert dockerkernel("uninstall", "far").code == 0
     assert dockerkernel("uninstall", "foo").code == 0
     assert not (jupyter_dirs / "data" / "kernels" / "foo").exists()
     gone = dockerkernel("uninstall", "foo")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dockerkernel import errors
+from dockerkernel import channels, errors
 
 from conftest import BARE
 
@@ -47,11 +47,13 @@ def test_doctor_checks_everything_and_says_how_to_fix_what_fails(
         == "FAIL  kernel missing: image nosuch/img:1 is not present: run `dockerkernel pull missing`."
     )
     assert kernels[2].startswith("ok    kernel test-py3: image dockerkernel-test/py3: Python 3.11.")
-    assert kernels[2].endswith(", ipykernel 7.4.0")
+    assert kernels[2].endswith(", ipykernel 7.4.0; channels ipc (private sockets)")
+    base = channels.base_folder()
+    assert lines[5] == f"ok    Private channels: kernel sockets in {base}, yours alone (mode 0700)"
     assert (
-        lines[5] == "ok    Server extension: enabled: servers remove the containers of servers that are gone"
+        lines[6] == "ok    Server extension: enabled: servers remove the containers of servers that are gone"
     )
-    assert lines[6] == "3 checks failed."
+    assert lines[7] == "3 checks failed."
 
 
 def test_doctor_without_a_daemon(tmp_path: Any) -> None:
@@ -64,7 +66,8 @@ def test_doctor_without_a_daemon(tmp_path: Any) -> None:
     assert lines[0] == "FAIL  Docker daemon: " + errors.DOCKER_UNREACHABLE.format(
         reason="no Docker socket was found"
     )
-    assert lines[1].startswith("ok    Server extension: enabled")
+    assert lines[1].startswith("ok    Private channels: kernel sockets in ")
+    assert lines[2].startswith("ok    Server extension: enabled")
     assert result.stderr == ""
 
 

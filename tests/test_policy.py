@@ -53,10 +53,14 @@ def test_the_default_policy(settings: dict[str, Any], expected: str) -> None:
     assert check(KernelPolicy(), **settings) == expected
 
 
-@pytest.mark.skipif(os.getuid() == 0, reason="uid 0 is the invoking user itself for root")
-def test_uid_0_is_refused_for_a_user_who_is_not_root() -> None:
+def test_uid_0_is_refused_for_a_user_who_is_not_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert check(KernelPolicy(), user="0:0") == (
+        "" if os.getuid() == 0 else refusal("to run as uid 0", "KernelPolicy.allow_root")
+    )
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
     assert check(KernelPolicy(), user="0:0") == refusal("to run as uid 0", "KernelPolicy.allow_root")
     assert check(KernelPolicy(allow_root=True), user="0") == ""
+    assert check(KernelPolicy(), user="1000") == ""
 
 
 def test_volumes_only_under_the_allowed_roots_and_no_link_leads_around_them(tmp_path: Path) -> None:

@@ -161,7 +161,19 @@ class Gate:
         self.opened = threading.Event()
         self.connected = threading.Event()
         self.sockets: list[socket.socket] = [self.listener]
+        self._lock = threading.Lock()
+        self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def _keep(self, s: socket.socket) -> bool:
+        """Keep ``s`` to be closed with the gate; a socket made after the gate closed is closed at once
+        (its threads would otherwise drop it open, at any later moment of the run)."""
+        with self._lock:
+            if not self._closed:
+                self.sockets.append(s)
+                return True
+        s.close()
+        return False
 
     def _accept(self) -> None:
         while True:
@@ -169,14 +181,19 @@ class Gate:
                 client, _ = self.listener.accept()
             except OSError:
                 return  # closed
-            self.sockets.append(client)
+            if not self._keep(client):
+                return
             self.connected.set()
             threading.Thread(target=self._pass_on, args=(client,), daemon=True).start()
 
     def _pass_on(self, client: socket.socket) -> None:
         self.opened.wait()
-        upstream = socket.create_connection((self.target[0], int(self.target[1])))
-        self.sockets.append(upstream)
+        try:
+            upstream = socket.create_connection((self.target[0], int(self.target[1])))
+        except OSError:
+            return
+        if not self._keep(upstream):
+            return
         for source, sink in ((client, upstream), (upstream, client)):
             threading.Thread(target=self._copy, args=(source, sink), daemon=True).start()
 
@@ -191,7 +208,10 @@ class Gate:
 
     def close(self) -> None:
         self.opened.set()
-        for s in self.sockets:
+        with self._lock:
+            self._closed = True
+            sockets, self.sockets = self.sockets, []
+        for s in sockets:
             s.close()
 
 

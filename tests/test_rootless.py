@@ -165,6 +165,8 @@ def test_the_kernel_lifecycle_on_a_rootless_engine(
     else:  # the environment does
         session = user_session(install, cells, cwd=notebooks, DOCKER_HOST=url)
 
+    # Over ipc: sockets in a private folder of the user's, bind-mounted by the rootless engine.
+    assert session.ip.startswith(f"/tmp/dockerkernel-{ordinary_user.pw_uid}/")
     first, written, home, interrupted, after, restarted, forgotten = session.outputs
     assert first.splitlines() == [str(notebooks), "data from the host", ordinary_user.pw_name]
     assert written == ""
