@@ -116,13 +116,13 @@ def kernel_check(client: docker.DockerClient, kernel: kernelspec.InstalledKernel
         )
     try:
         settings = make_settings(DockerSettings, kernelspec.config_of(kernel.name), kernel.name)
-        channels = docker_ops.channels_for(settings).describe()
+        carried = docker_ops.channels_for(settings).describe()
     except DockerKernelError as e:
         return Check(name, False, str(e))
     return Check(
         name,
         True,
-        f"image {kernel.image}: Python {found.python}, ipykernel {found.ipykernel}; channels {channels}",
+        f"image {kernel.image}: Python {found.python}, ipykernel {found.ipykernel}; channels {carried}",
     )
 
 
