@@ -421,6 +421,7 @@ def _create_container(client: docker.DockerClient, kwargs: dict[str, Any]) -> Co
 
 
 _networks: dict[tuple[str, str], str] = {}  # (daemon, network name): the id of the network used
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
 
 
 def ensure_isolated_network(client: docker.DockerClient, name: str, uid: int) -> str:
@@ -432,21 +433,32 @@ def ensure_isolated_network(client: docker.DockerClient, name: str, uid: int) ->
     Returns the network's id. Docker does not make names unique: two
     processes that create it at once both succeed. All of them then use the
     oldest one (by creation time, then id), and the others are removed where no
-    container uses them.
+    container uses them. A network of that name without the user's label, or
+    with inter-container traffic on, is never used nor removed: on a shared
+    engine, someone else may have made it to reach the user's kernels.
     """
     key = (engine_key(client), name)
     if key in _networks:
         return _networks[key]
+
+    def ours() -> list[dict[str, Any]]:
+        """The networks of that name that are the user's, made as above: another user of a shared engine
+        could have made one of that name, with inter-container traffic on."""
+        return [
+            n
+            for n in client.api.networks(names=[name])
+            if n["Name"] == name
+            and (n.get("Labels") or {}).get(LABEL_NETWORK_OF) == str(uid)
+            and (n.get("Options") or {}).get(ICC_OPTION) == "false"
+        ]
+
     with _daemon_errors():
-        found = [n for n in client.api.networks(names=[name]) if n["Name"] == name]
+        found = ours()
         if not found:
             client.api.create_network(
-                name,
-                driver="bridge",
-                options={"com.docker.network.bridge.enable_icc": "false"},
-                labels={LABEL_NETWORK_OF: str(uid)},
+                name, driver="bridge", options={ICC_OPTION: "false"}, labels={LABEL_NETWORK_OF: str(uid)}
             )
-            found = [n for n in client.api.networks(names=[name]) if n["Name"] == name]
+            found = ours()
         oldest, *others = sorted(found, key=lambda n: (_created(n["Created"]), n["Id"]))
         for other in others:
             with _gone_is_fine():  # 409: in use, by a container of a process that chose it just before

@@ -16,7 +16,13 @@ import docker
 import pytest
 
 from dockerkernel import docker_ops, errors
-from dockerkernel.spec import LABEL_KERNEL_ID, LABEL_KERNELSPEC, PORT_NAMES, isolated_network_name
+from dockerkernel.spec import (
+    LABEL_KERNEL_ID,
+    LABEL_KERNELSPEC,
+    LABEL_NETWORK_OF,
+    PORT_NAMES,
+    isolated_network_name,
+)
 
 from conftest import IMAGES, PUBLIC_TMP, as_user, user_env
 
@@ -290,6 +296,33 @@ def test_processes_that_make_a_users_network_at_once_end_up_on_one(
             chosen = set(pool.map(lambda _: race(), range(racers)))
         assert len(chosen) == 1
         assert [n["Id"] for n in docker_client.api.networks(names=[name])] == list(chosen)
+    finally:
+        for network in docker_client.api.networks(names=[name]):
+            docker_client.api.remove_network(network["Id"])
+        docker_ops._networks.clear()
+
+
+@pytest.mark.parametrize(
+    "impostor",
+    [
+        {"labels": {}, "options": {docker_ops.ICC_OPTION: "false"}},  # not the user's
+        {"labels": {LABEL_NETWORK_OF: str(os.getuid())}, "options": {}},  # inter-container traffic on
+    ],
+)
+def test_a_users_network_made_by_someone_else_is_never_adopted(
+    docker_client: docker.DockerClient, impostor: dict[str, Any]
+) -> None:
+    """On a shared engine anyone in the docker group can make a network of the user's network's name."""
+    name = "dockerkernel-impostor-test"
+    planted = docker_client.api.create_network(name, driver="bridge", **impostor)["Id"]
+    docker_ops._networks.clear()
+    try:
+        chosen = docker_ops.ensure_isolated_network(docker_client, name, os.getuid())
+        assert chosen != planted
+        network = docker_client.api.inspect_network(chosen)
+        assert network["Labels"][LABEL_NETWORK_OF] == str(os.getuid())
+        assert network["Options"][docker_ops.ICC_OPTION] == "false"
+        docker_client.api.inspect_network(planted)  # left alone: not the user's to remove
     finally:
         for network in docker_client.api.networks(names=[name]):
             docker_client.api.remove_network(network["Id"])
