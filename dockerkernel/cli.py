@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", type=float, help=_help("cpus"))
     p.add_argument("--pull-policy", choices=["missing", "always", "never"], help=_help("pull_policy"))
     p.add_argument("--warm-pool", type=int, metavar="N", help=_help("warm_pool"))
+    p.add_argument("--warm-pool-idle", type=float, metavar="SECONDS", help=_help("warm_pool_idle"))
     where = p.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="install for the current user only (the default)")
     where.add_argument(
@@ -181,6 +182,7 @@ def install_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]
         ("cpus", "cpus"),
         ("pull_policy", "pull_policy"),
         ("warm_pool", "warm_pool"),
+        ("warm_pool_idle", "warm_pool_idle"),
     ):
         if getattr(args, option) is not None:
             config[setting] = getattr(args, option)

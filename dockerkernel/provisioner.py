@@ -368,7 +368,9 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         km._connection_file_written = False
         km.write_connection_file(jupyter_session=env.get("JPY_SESSION_NAME", ""))
         self.connection_info = km.get_connection_info()
-        self._plan, self._pooled = pooled.plan, pooled
+        # Its container's plan, in the notebook's folder, where launch_kernel() moves it.
+        working_dir = {**pooled.plan.create_kwargs, "working_dir": self._plan_args["cwd"]}
+        self._plan, self._pooled = replace(pooled.plan, create_kwargs=working_dir), pooled
         self._session_name = env.get("JPY_SESSION_NAME")
 
     def _fill_pool(self) -> None:
@@ -390,7 +392,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             labels = {**plan.create_kwargs["labels"], LABEL_POOL: "1"}
             return replace(plan, create_kwargs={**plan.create_kwargs, "labels": labels})
 
-        warm_pool.POOL.fill(self.kernel_name, size, plan_for, self.connection_info)
+        warm_pool.POOL.fill(self.kernel_name, size, plan_for, self.connection_info, self.warm_pool_idle)
 
     @contextmanager
     def _deferred_if_fallback(self) -> Iterator[None]:
@@ -475,7 +477,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         return {**self.connection_info, "ip": self._ip}
 
     async def _adopt_pooled(self) -> Launched | None:
-        """Make the pooled kernel this one: its name, and the notebook's JPY_SESSION_NAME in it.
+        """Make the pooled kernel this one: its name, and the notebook's JPY_SESSION_NAME and folder in it.
 
         None when it cannot be adopted (it died meanwhile, say): it is removed,
         and the start goes on cold, on the same ports and key.
@@ -486,8 +488,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         def adopt() -> None:
             client = docker_ops.get_client(pooled.plan.host)
             docker_ops.rename_container(client, pooled.container_id, f"dockerkernel-{self.kernel_id}")
-            if self._session_name is not None:
-                warm_pool.set_session_name(pooled.connection, self._session_name)
+            warm_pool.settle(pooled.connection, self._session_name, self._plan_args["cwd"])
 
         try:
             await _in_thread(adopt)

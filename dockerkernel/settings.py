@@ -268,10 +268,18 @@ class DockerSettings(LoggingConfigurable):
         0,
         min=0,
         max=16,
-        help="""How many kernels to keep started ahead, per user, for the notebook folder of
-        the last start: a start then takes one at once and the pool is filled again in
-        the background. Each holds its container's memory while it waits. Only for
-        kernels without GPUs, on this machine's engine. 0: none.""",
+        help="""How many kernels to keep started ahead, per user, for the project of the
+        last starts (every notebook under the same mount: in a server, its root): a start
+        there takes one at once, moved to its notebook's folder, and the pool is filled
+        again in the background. Each holds its container's memory while it waits (see
+        warm_pool_idle). Only for kernels without GPUs, on this machine's engine. 0: none.""",
+    ).tag(config=True)
+
+    warm_pool_idle = Float(
+        1800.0,
+        min=0.0,
+        help="""Seconds a warm pool may go without a start that takes from it before its kernels
+        are removed, for the memory they hold; the next start fills it again. 0: never.""",
     ).tag(config=True)
 
     container_options = Dict(

@@ -1,26 +1,29 @@
 """The warm pool: kernels started ahead of time, each handed whole to the next notebook that needs one.
 
 A kernelspec with ``warm_pool`` N keeps up to N kernels running, per user (a
-Jupyter server runs as one user and holds its own pool), for the notebook
-folder of its last start. A start whose container would be the same takes one
-and fills the pool again in the background; any other start is a cold one.
+Jupyter server runs as one user and holds its own pool), for the project of its
+last starts: the notebooks under one mount (in a server, its root). A start
+whose container would be the same but for its notebook's folder takes one, moves
+it to that folder, and fills the pool again in the background; any other start
+is a cold one (see WarmPool.fill for when the pool follows it elsewhere).
 
 "The same" is checked, not assumed: a pooled kernel is planned by the very
 function that plans a cold start (spec.plan_container), with the same
-arguments but for what is its own: its kernel id, its ports and its key. A
+arguments but for what is its own: its kernel id, its channels and its key. A
 start takes it only where the two plans then agree in everything else (image,
-command, working directory, environment, user, groups, mounts, home, network,
-limits, labels), so a pooled kernel is one that was cold-started early.
+command, environment, user, groups, mounts, home, network, limits, labels), so
+a pooled kernel is one that was cold-started early.
 
-What it cannot know ahead is the notebook's name, JPY_SESSION_NAME. The
-provisioner sets it in the kernel as it takes it, as a cold start's kernel has
-it (spec.PASSED_THROUGH).
+What it cannot know ahead is the notebook's folder and name (JPY_SESSION_NAME).
+The provisioner sets them in the kernel as it takes it (settle()), as a cold
+start's kernel has them.
 
-Each pooled kernel has ports and a key of its own, made when it is filled and
+Each pooled kernel has channels and a key of its own, made when it is filled and
 never used for another kernel: the taker adopts them. Pooled containers are
 labelled with the owner's labels like any kernel, so a server that dies leaves
 them to the reaper and `dockerkernel prune`; a server that stops removes them
-(WarmPool.close, at exit). GPU kernelspecs are never pooled: a pooled container
+(WarmPool.close, at exit), and a pool that goes unused for ``warm_pool_idle``
+seconds removes them too. GPU kernelspecs are never pooled: a pooled container
 would hold GPUs that nobody uses (settings.check_warm_pool).
 """
 
@@ -65,10 +68,15 @@ READY_TIMEOUT = 60.0  # seconds a pooled kernel has to answer its heartbeat befo
 
 
 def fingerprint(plan: ContainerPlan) -> str:
-    """The plan without what is each kernel's own: equal for two kernels that differ in nothing else."""
+    """The plan without what is each kernel's own: equal for two kernels that differ in nothing else.
+
+    The working directory is left out too: a taken kernel moves to its notebook's
+    folder (settle()), which its mounts must hold, as they are part of the print.
+    """
     kwargs = dict(plan.create_kwargs)
     kwargs.pop("name", None)
     kwargs.pop("ports", None)
+    kwargs.pop("working_dir", None)
     kwargs["mounts"] = [m for m in kwargs.get("mounts", []) if m["Target"] != CONTAINER_IPC_DIR]
     kwargs["labels"] = {k: v for k, v in kwargs["labels"].items() if k not in (LABEL_KERNEL_ID, LABEL_POOL)}
     kwargs["environment"] = {k: v for k, v in kwargs["environment"].items() if k not in PASSED_THROUGH}
@@ -118,6 +126,10 @@ class _Kernelspec:
     print: str = ""
     ready: list[Pooled] = field(default_factory=list)
     filling: int = 0
+    elsewhere: str = ""  # the print of the last start that the pool could not serve
+    idle: float = 0.0  # seconds unused before it shrinks to nothing; 0: never
+    used: float = 0.0  # when a start last took a kernel or filled it (time.monotonic())
+    timer: threading.Timer | None = None
 
 
 class WarmPool:
@@ -146,6 +158,7 @@ class WarmPool:
                 while pool.ready:
                     pooled = pool.ready.pop(0)
                     if not pooled.exit.done():
+                        self._used(kernel_name, pool)
                         return pooled
                     self.discard(pooled)  # it died in the pool
                 left = deadline - time.monotonic()
@@ -165,13 +178,20 @@ class WarmPool:
         size: int,
         plan_for: Callable[[dict[str, Any]], ContainerPlan],
         template: Mapping[str, Any],
+        idle: float = 0.0,
     ) -> None:
         """Start kernels in the background until ``size`` are ready or starting for ``plan_for``'s kernels.
 
         ``plan_for(connection)`` plans a pooled kernel with that connection,
-        which is ``template`` with ports and a key of its own. A pool that holds
-        kernels of another fingerprint (another folder, say) gives them up
-        first: a kernelspec's pool never holds more than ``size``.
+        which is ``template`` with channels and a key of its own.
+
+        A pool serves one project: the starts whose plans print the same, which
+        are those whose mounts are the same (in a server, every notebook under its
+        root). The first start that it cannot serve (a notebook elsewhere) leaves it
+        where it is; a second such start in a row, of the same other project, moves
+        it there: it gives up its kernels first, and never holds more than ``size``.
+        ``idle`` seconds without a start that fills or takes from it shrink it to
+        nothing (0: never); the next start fills it again.
         """
         wanted = fingerprint(plan_for(dict(template)))
         with self._lock:
@@ -179,10 +199,15 @@ class WarmPool:
                 return
             pool = self._pools.setdefault(kernel_name, _Kernelspec())
             if pool.print != wanted:
+                if pool.print and pool.elsewhere != wanted:
+                    pool.elsewhere = wanted  # once: the pool stays with the project it serves
+                    return
                 for old in pool.ready:
                     self.discard(old)
                 pool.ready.clear()
                 pool.print = wanted
+            pool.elsewhere, pool.idle = "", idle
+            self._used(kernel_name, pool)
             missing = size - len(pool.ready) - pool.filling
             pool.filling += max(missing, 0)
         for _ in range(missing):
@@ -233,6 +258,30 @@ class WarmPool:
         else:
             release_ports(connection)
 
+    def _used(self, kernel_name: str, pool: _Kernelspec) -> None:
+        """Note that a start used ``pool``, and shrink it once it goes unused for its idle time."""
+        pool.used = time.monotonic()
+        if pool.timer is not None:
+            pool.timer.cancel()
+        if pool.idle > 0:
+            args = (kernel_name, pool, pool.used)
+            pool.timer = threading.Timer(pool.idle, self._shrink_if_idle, args=args)
+            pool.timer.daemon = True
+            pool.timer.start()
+
+    def _shrink_if_idle(self, kernel_name: str, pool: _Kernelspec, used: float) -> None:
+        """Remove an unused pool's kernels: they hold memory that others on the machine need."""
+        with self._lock:
+            if self._pools.get(kernel_name) is not pool or pool.used != used:
+                return  # drained, moved or used since
+            del self._pools[kernel_name]  # kernels still starting for it are removed once started
+            ready, pool.ready = pool.ready, []
+        log.info(
+            "The warm pool of kernel %s went unused for %g s: removing its kernels", kernel_name, pool.idle
+        )
+        for pooled in ready:
+            self.discard(pooled)
+
     def discard(self, pooled: Pooled, background: bool = True) -> None:
         """Remove a pooled kernel's container, in the background, and give its ports back."""
 
@@ -274,6 +323,9 @@ class WarmPool:
         """Remove every pooled kernel of this process, those being started included."""
         with self._lock:
             pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            if pool.timer is not None:
+                pool.timer.cancel()
         # This machine's engines (see check_warm_pool); those of kernels being started are asked too.
         hosts = {p.plan.host for pool in pools.values() for p in pool.ready} or {DockerHost()}
         for pool in pools.values():
@@ -304,43 +356,59 @@ def _answers(connection: Mapping[str, Any], exit_status: Future[int]) -> bool:
     return False
 
 
-# Set in the taken kernel, as the variable is in a cold start's: in its
-# environment, and as IPython's __session__ where its ipykernel sets that.
-# Python 2 and 3 alike.
-_SESSION_NAME_CODE = """\
-import json as _j, os as _o, sys as _s
-_v = _j.loads({value!r})
-_o.environ["JPY_SESSION_NAME"] = _v if _s.version_info[0] > 2 else _v.encode("utf-8")
-try:
-    import inspect as _i, ipykernel.ipkernel as _k
-    if _v and "JPY_SESSION_NAME" in _i.getsource(_k):
-        get_ipython().user_ns["__session__"] = _v
-except Exception:
-    pass
-del _j, _o, _s, _v
+# Run in the taken kernel, so that it is what a cold start in the notebook's folder
+# would be: the notebook's name in its environment (and as IPython's __session__
+# where its ipykernel sets that), and the notebook's folder as its working
+# directory and IPython's first directory. Its sys.path holds '' as every
+# kernel's does, so modules beside the notebook import from there. Python 2 and 3
+# alike; a function, so that nothing is left in the user's namespace.
+_TAKE_CODE = """\
+def _dockerkernel_take(name, cwd):
+    import json, os, sys
+    name, cwd = json.loads(name), json.loads(cwd)
+    native = (lambda text: text) if sys.version_info[0] > 2 else (lambda text: text.encode("utf-8"))
+    shell = get_ipython()
+    if name is not None:
+        os.environ["JPY_SESSION_NAME"] = native(name)
+        try:
+            import inspect, ipykernel.ipkernel
+            if name and "JPY_SESSION_NAME" in inspect.getsource(ipykernel.ipkernel):
+                shell.user_ns["__session__"] = name
+        except Exception:
+            pass
+    os.chdir(native(cwd))
+    history = shell.user_ns.get("_dh")
+    if isinstance(history, list):  # of the type IPython keeps there: text, or a Path
+        history[:] = [type(history[0])(cwd) if history else cwd]
+_dockerkernel_take({name!r}, {cwd!r})
+del _dockerkernel_take
 """
 
 
-def set_session_name(connection: Mapping[str, Any], name: str, timeout: float = 10) -> None:
-    """Set JPY_SESSION_NAME in a taken kernel by a silent execution; it leaves no history, no output."""
+def settle(connection: Mapping[str, Any], name: str | None, cwd: str, timeout: float = 10) -> None:
+    """Make a taken kernel the notebook's: its name and folder, by a silent execution that leaves no
+    history and no output."""
     client = BlockingKernelClient(context=zmq.Context.instance())
     client.load_connection_info(cast(KernelConnectionInfo, dict(connection)))
     client.start_channels(iopub=False, stdin=False, hb=False, control=False)
     try:
-        msg_id = client.execute(
-            _SESSION_NAME_CODE.format(value=json.dumps(name)), silent=True, store_history=False
-        )
+        code = _TAKE_CODE.format(name=json.dumps(name), cwd=json.dumps(cwd))
+        msg_id = client.execute(code, silent=True, store_history=False)
         deadline = time.monotonic() + timeout
         while True:
             reply = client.get_shell_msg(timeout=max(deadline - time.monotonic(), 0))
             if reply["parent_header"].get("msg_id") == msg_id:
                 break
     except Empty:
-        raise DockerKernelError("the pooled kernel did not take its session name in time") from None
+        raise DockerKernelError(
+            "the pooled kernel did not take its notebook's name and folder in time"
+        ) from None
     finally:
         client.stop_channels()
     if reply["content"].get("status") != "ok":
-        raise DockerKernelError(f"the kernel refused its session name: {reply['content']}")
+        raise DockerKernelError(
+            f"the pooled kernel refused its notebook's name and folder: {reply['content']}"
+        )
 
 
 POOL = WarmPool()

@@ -97,5 +97,5 @@ if [ $# -eq 0 ]; then
     # never asserted (these machines are noisy); it fails only if a measure cannot be made.
     log "a short benchmark run"
     "$venv/bin/python" benchmarks/performance.py --quick 2> >(grep -v "without encryption" >&2)
-    "$venv/bin/python" benchmarks/channels.py --quick 2> >(grep -v "without encryption" >&2)
+    "$venv/bin/python" benchmarks/server_start.py --quick 2> >(grep -v "without encryption" >&2)
 fi

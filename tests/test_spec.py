@@ -407,8 +407,14 @@ def test_a_pooled_kernel_matches_a_start_only_where_nothing_but_its_own_parts_di
         create_kwargs={**pooled.create_kwargs, "labels": {**pooled.create_kwargs["labels"], LABEL_POOL: "1"}},
     )
     assert warm_pool.fingerprint(labelled) == warm_pool.fingerprint(start)
+    # Another notebook folder under the same mount (the server's root): the pooled kernel moves there.
+    in_a_server = {"server_root": "/home/me", "client_cwd": "/"}
+    assert warm_pool.fingerprint(plan(cwd="/home/me/a", **in_a_server)) == warm_pool.fingerprint(
+        plan(cwd="/home/me/b/c", **in_a_server)
+    )
     for different in (
-        plan(cwd="/home/me/elsewhere"),
+        plan(cwd="/home/me/elsewhere"),  # mounted alone: another mount
+        plan(cwd="/srv/x", **in_a_server),  # outside the server's root: another mount
         plan(spec_env={"MODE": "debug"}),
         plan(DockerSettings(image="img", volumes=["/data:/data:ro"])),
         plan(DockerSettings(image="img", mem_limit="2g")),

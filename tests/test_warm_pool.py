@@ -204,3 +204,120 @@ async def test_a_server_takes_pooled_kernels_and_leaves_none_when_it_stops_or_to
             result = dockerkernel("prune")
             assert result.code == 0, result.err
         assert not started_by(server)
+
+
+# What tells a kernel's folder, Python 2 and 3 alike: its working directory, a module and a
+# script beside the notebook, IPython's directory history and the notebook's name.
+FOLDER_CELLS = [
+    "import os, sys\nprint(os.getcwd())\nprint('' in sys.path)",
+    "import helper\nprint(helper.VALUE)",
+    "%run script.py",
+    "print(_dh)\nprint(os.environ.get('JPY_SESSION_NAME'))\nprint(globals().get('__session__'))",
+]
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project of two notebook folders, run from its root as `papermill a/nb.ipynb` would be."""
+    root = tmp_path / "project"
+    for folder in ("a", "b"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "helper.py").write_text(f"VALUE = 'the helper beside {folder}'\n")
+        (root / folder / "script.py").write_text(f"print('the script beside {folder}')\n")
+    monkeypatch.chdir(root)  # the client's folder: the mount that holds both
+    return root
+
+
+async def outputs_of(kernel: Kernel) -> list[str]:
+    found = []
+    for cell in FOLDER_CELLS:
+        reply = await kernel.execute(cell)
+        assert reply.status == "ok", reply
+        found.append(reply.stdout)
+    return found
+
+
+@pytest.mark.parametrize("flavour", ["py3", "py2"])
+async def test_a_pooled_kernel_taken_in_another_folder_is_what_a_cold_start_there_is(
+    flavour: str,
+    install_test_kernel: Callable[..., str],
+    start_kernel: Callable[..., Any],
+    pool: warm_pool.WarmPool,
+    project: Path,
+    docker_client: docker.DockerClient,
+) -> None:
+    name = install_test_kernel(flavour, "--warm-pool", "1", name=f"anywhere-{flavour}")
+    notebook = str(project / "b" / "nb.ipynb")
+    first = await start_kernel(name, cwd=str(project / "a"))  # cold: fills the pool, in folder a
+    assert LABEL_POOL not in docker_client.containers.get(first.container_id).labels
+    assert pool.wait_filled(timeout=120) and pool.ready(name) == 1
+
+    warm = await start_kernel(name, cwd=str(project / "b"), env={"JPY_SESSION_NAME": notebook})
+    assert LABEL_POOL in docker_client.containers.get(warm.container_id).labels  # taken, made for a
+    from_the_pool = await outputs_of(warm)
+
+    assert pool.wait_filled(timeout=120)
+    pool.drain()  # so that the next start is cold
+    cold = await start_kernel(name, cwd=str(project / "b"), env={"JPY_SESSION_NAME": notebook})
+    assert LABEL_POOL not in docker_client.containers.get(cold.container_id).labels
+    assert from_the_pool == await outputs_of(cold)
+    session = notebook if flavour == "py3" else "None"  # ipykernel 4.10 sets no __session__
+    dh = f"[PosixPath('{project / 'b'}')]" if flavour == "py3" else f"[u'{project / 'b'}']"
+    assert from_the_pool == [
+        f"{project / 'b'}\nTrue\n",
+        "the helper beside b\n",
+        "the script beside b\n",
+        f"{dh}\n{notebook}\n{session}\n",
+    ]
+
+
+async def test_a_notebook_outside_the_pools_project_starts_cold_and_the_pool_stays(
+    install_test_kernel: Callable[..., str],
+    start_kernel: Callable[..., Any],
+    pool: warm_pool.WarmPool,
+    project: Path,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+) -> None:
+    """The rule: the first start elsewhere leaves the pool; a second in a row there moves it."""
+    name = install_test_kernel("py3", "--warm-pool", "1", name="two-projects")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def pooled_for(folder: Path) -> bool:
+        """Whether the pool holds one kernel, and it mounts ``folder``."""
+        found = waiting(docker_client)
+        mounts = [docker_client.api.inspect_container(c.id)["Mounts"] for c in found]
+        return len(found) == 1 and str(folder) in {m["Destination"] for m in mounts[0]}
+
+    await start_kernel(name, cwd=str(project / "a"))
+    assert pool.wait_filled(timeout=120) and pooled_for(project)
+
+    outside = await start_kernel(name, cwd=str(elsewhere))
+    assert LABEL_POOL not in docker_client.containers.get(outside.container_id).labels  # cold
+    await wait_until(lambda: outside.km.provisioner._state.value == "ready", "the kernel's heartbeat")
+    assert pool.wait_filled(timeout=120) and pooled_for(project)  # the pool stayed
+
+    again = await start_kernel(name, cwd=str(elsewhere))
+    assert LABEL_POOL not in docker_client.containers.get(again.container_id).labels
+    await wait_until(lambda: again.km.provisioner._state.value == "ready", "the kernel's heartbeat")
+    assert pool.wait_filled(timeout=120)
+    await wait_until(lambda: pooled_for(elsewhere), "the pool to move to the other project")
+
+
+async def test_an_unused_pool_shrinks_to_nothing_and_fills_again_at_the_next_start(
+    install_test_kernel: Callable[..., str],
+    start_kernel: Callable[..., Any],
+    pool: warm_pool.WarmPool,
+    notebook_dir: Path,
+    docker_client: docker.DockerClient,
+) -> None:
+    name = install_test_kernel("py3", "--warm-pool", "1", "--warm-pool-idle", "3", name="idle")
+    await start_kernel(name, cwd=str(notebook_dir))
+    assert pool.wait_filled(timeout=120) and len(waiting(docker_client)) == 1
+    await wait_until(lambda: not waiting(docker_client), "the unused pool to shrink", timeout=60)
+    assert pool.ready(name) == 0
+
+    later = await start_kernel(name, cwd=str(notebook_dir))
+    assert LABEL_POOL not in docker_client.containers.get(later.container_id).labels  # cold
+    await wait_until(lambda: len(waiting(docker_client)) == 1, "the pool to fill again", timeout=120)

@@ -1,16 +1,19 @@
-"""Private ipc channels against tcp ports, and the start a user waits for in a Jupyter server.
+"""The start a user waits for: ipc against tcp, cold against pooled, in a Jupyter server and in the client.
 
-    python benchmarks/channels.py [--runs N] [--image IMAGE] [--quick]
+    python benchmarks/server_start.py [--runs N] [--image IMAGE] [--quick]
 
-In one run, with the Python 3 test image and a local ipykernel as the baseline:
+In one run, with the Python 3 test image and a local ipykernel as the baseline,
+for a local ipykernel, a Docker kernel over ipc (the default on this machine's
+engine), the same over tcp (``--channels tcp``) and the same over ipc with a
+warm pool of one, in turn each round, each start in the next of three notebook
+folders of one project (a, b, c, rotating: a pooled kernel was made for another):
 
-- the client library's view (AsyncKernelManager): start until wait_for_ready,
-  and the median round trip of 20 executions of ``pass``, for a local
-  ipykernel, a Docker kernel over ipc (the default on this machine's engine)
-  and the same kernel over tcp (``--channels tcp``), in turn each round;
-- the user's view, in a real Jupyter server: POST /api/sessions for a
-  notebook, open the kernel's websocket, execute ``1+1`` and wait for its
-  execute_result, as JupyterLab does, for the same three kernelspecs in turn.
+- the client library's view (AsyncKernelManager, run from the project's folder
+  as papermill would be): start until wait_for_ready, and the median round
+  trip of 20 executions of ``pass``;
+- the user's view, in a real Jupyter server serving the project: POST
+  /api/sessions for a notebook, open the kernel's websocket, execute ``1+1`` and
+  wait for its execute_result, as JupyterLab does.
 
 Prints medians and the medians of the pairwise ratios; these machines are
 noisy, so only the ratios measured in the same run mean much. ``--quick``
@@ -30,13 +33,21 @@ from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
 
+from dockerkernel import warm_pool
 from dockerkernel.cli import main as dockerkernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from servers import JupyterServer  # noqa: E402
 
-KERNELS = {"local ipykernel": "python3", "docker, ipc": "bench-ipc", "docker, tcp": "bench-tcp"}
+KERNELS = {
+    "local ipykernel": "python3",
+    "docker, ipc": "bench-ipc",
+    "docker, tcp": "bench-tcp",
+    "docker, pooled": "bench-pool",
+}
+INSTALLS = {"bench-ipc": [], "bench-tcp": ["--channels", "tcp"], "bench-pool": ["--warm-pool", "1"]}
+FOLDERS = ("a", "b", "c")
 
 
 async def client_view(kernel_name: str, cwd: str) -> tuple[float, float]:
@@ -55,7 +66,7 @@ async def client_view(kernel_name: str, cwd: str) -> tuple[float, float]:
             await kc.execute_interactive("pass", timeout=30, output_hook=lambda msg: None)
             trips.append(time.perf_counter() - t)
         if kernel_name != "python3":
-            assert km.transport == ("ipc" if kernel_name == "bench-ipc" else "tcp"), km.transport
+            assert km.transport == ("tcp" if kernel_name == "bench-tcp" else "ipc"), km.transport
     finally:
         kc.stop_channels()
         await km.shutdown_kernel()
@@ -84,6 +95,9 @@ def ratios(results: dict[str, list[float]], a: str, b: str) -> float:
 
 
 async def run(runs: int, image: str) -> None:
+    starts: dict[str, list[float]] = {k: [] for k in KERNELS}
+    trips: dict[str, list[float]] = {k: [] for k in KERNELS}
+    served: dict[str, list[float]] = {k: [] for k in KERNELS}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for var, sub in (
@@ -93,37 +107,35 @@ async def run(runs: int, image: str) -> None:
         ):
             os.environ[var] = str(root / sub)
         project = root / "project"
-        project.mkdir()
-        assert dockerkernel(["install", "--image", image, "--name", "bench-ipc", "--no-pull"]) == 0
-        assert (
-            dockerkernel(
-                ["install", "--image", image, "--name", "bench-tcp", "--no-pull", "--channels", "tcp"]
-            )
-            == 0
-        )
-        starts: dict[str, list[float]] = {k: [] for k in KERNELS}
-        trips: dict[str, list[float]] = {k: [] for k in KERNELS}
-        served: dict[str, list[float]] = {k: [] for k in KERNELS}
+        for folder in FOLDERS:
+            (project / folder).mkdir(parents=True)
+        os.chdir(project)  # the client's folder: the mount that holds every notebook folder
+        for name, options in INSTALLS.items():
+            assert dockerkernel(["install", "--image", image, "--name", name, "--no-pull", *options]) == 0
         try:
             for name in KERNELS.values():  # the image's layers in the page cache, the user's network made
-                await client_view(name, str(project))
-            for _ in range(runs):
+                await client_view(name, str(project / FOLDERS[-1]))
+            for n in range(runs):
                 for label, name in KERNELS.items():
-                    ready, trip = await client_view(name, str(project))
+                    ready, trip = await client_view(name, str(project / FOLDERS[n % len(FOLDERS)]))
                     starts[label].append(ready)
                     trips[label].append(trip)
+                assert warm_pool.POOL.wait_filled(timeout=120)
+            warm_pool.POOL.drain()
             server = JupyterServer(project, root / "rt", root / "server.log")
             await server.started()
             try:
                 for n in range(runs + 1):
                     for label, name in KERNELS.items():
-                        elapsed = await server_view(server, name, f"nb-{label[:6]}-{n}.ipynb")
-                        if n:  # the first round warms the server's own imports
+                        notebook = f"{FOLDERS[n % len(FOLDERS)]}/nb-{name}-{n}.ipynb"
+                        elapsed = await server_view(server, name, notebook)
+                        if n:  # the first round warms the server's imports, and fills its pool
                             served[label].append(elapsed)
             finally:
                 server.stop()
         finally:
-            for name in ("bench-ipc", "bench-tcp"):
+            os.chdir("/")
+            for name in INSTALLS:
                 dockerkernel(["uninstall", name, "--purge"])
 
     def median_ms(values: list[float]) -> str:
@@ -138,6 +150,10 @@ async def run(runs: int, image: str) -> None:
             each = (ratios(m, label, "local ipykernel") for m in (starts, trips, served))
             line += "   ({:.2f}x, {:.2f}x, {:.2f}x)".format(*each)
         print(line)
+    print(
+        f"pooled / ipc: start {ratios(starts, 'docker, pooled', 'docker, ipc'):.2f}x, "
+        f"server start {ratios(served, 'docker, pooled', 'docker, ipc'):.2f}x"
+    )
     print(
         f"ipc / tcp: start {ratios(starts, 'docker, ipc', 'docker, tcp'):.2f}x, "
         f"execute trip {ratios(trips, 'docker, ipc', 'docker, tcp'):.2f}x, "
