@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any, TypeVar
 
-from . import __version__, channels, docker_ops, doctor, errors, images, kernelspec, swarm
+from . import __version__, channels, docker_ops, doctor, errors, images, kernelspec, policy, swarm
 from .backends import prune_host
 from .config import check_warm_pool, make_settings
 from .errors import DockerKernelError
@@ -214,6 +214,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     # A bad setting is refused before Docker is asked.
     settings = make_settings(DockerSettings, config, name)
     check_warm_pool(settings, name)
+    policy.check(settings, name)  # as every start does: better told now
     host = settings.host()
     if host.scheme == "tcp" and not all(host.tls_files):
         raise DockerKernelError(errors.TLS_FILES_MISSING.format(host=host.url))

@@ -113,9 +113,10 @@ START_CASES = [
                   kernel="bad-16", asks="the volume /run/docker.sock",
                   rule="KernelPolicy.allowed_volume_roots: any folder but the system's own"),
               _set(volumes=["/run/docker.sock:/var/run/docker.sock"])),
-    StartCase("the host's network, which the default policy refuses", ["--image", PY3, "--network", "host"],
+    StartCase("the host's network, which the default policy refuses", ["--image", PY3],
               errors.POLICY_REFUSED.format(kernel="bad-17", asks="the host's network",
-                                           rule="KernelPolicy.allow_host_network")),
+                                           rule="KernelPolicy.allow_host_network"),
+              _set(network="host")),
 ]  # fmt: skip
 
 

@@ -108,3 +108,10 @@ def test_a_policy_file_that_does_not_parse_refuses_every_start(
 
 def test_a_kernelspec_cannot_set_the_policy() -> None:
     assert "allow_host_network" not in DockerSettings.setting_names()
+
+
+def test_install_refuses_what_the_policy_does_not_allow(dockerkernel: Any) -> None:
+    """Told at install, as at every start (test_bad_inputs.py shows the start in a server)."""
+    result = dockerkernel("install", "--image", "a/b", "--name", "k", "--network", "host", "--no-pull")
+    sentence = refusal("the host's network", "KernelPolicy.allow_host_network")
+    assert (result.code, result.err.splitlines()[-1]) == (1, f"dockerkernel: {sentence}")
