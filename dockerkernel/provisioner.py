@@ -39,6 +39,9 @@ T = TypeVar("T")
 
 PORT_ATTEMPTS = 3  # starts tried when another program takes a chosen port first
 SHUTDOWN_WAIT = 1.0  # seconds shutdown_requested() waits for the kernel's exit
+RESTART_WAIT = 60.0  # seconds a restart waits for the new kernel's first heartbeat
+# ZeroMQ's default ZMQ_RECONNECT_IVL: how soon a client's sockets reconnect to a kernel's rebound ones.
+CLIENT_RECONNECT = 0.1
 
 _MANAGER_KWARGS = ("kernel_id", "kernel_spec", "parent", "config", "log")
 
@@ -468,7 +471,25 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             "Kernel %s runs in container %s (image %s)", self.kernel_id, kernel.handle[:12], self.image
         )
         self._heartbeat = asyncio.ensure_future(self._watch_heartbeat(kernel.exit))
+        if not first_start:
+            await self._settle_restart()
         return self._connection()
+
+    async def _settle_restart(self) -> None:
+        """Return from a restart once the new kernel answers, and its clients have had time to reconnect.
+
+        The clients' sockets are still those of the old kernel, and reconnect to
+        the new one's within their reconnect interval. A request that they queued
+        meanwhile reaches the kernel as soon as its shell socket is bound, which
+        over ipc can be before their IOPub subscription has reached it: the
+        kernel would then run it unheard (its status and outputs lost, a cell busy
+        for ever). Returning only now, the server's restart, and so JupyterLab's,
+        sends nothing before the kernel can be heard.
+        """
+        assert self._heartbeat is not None
+        await asyncio.wait([self._heartbeat], timeout=RESTART_WAIT)
+        if self._state is KernelState.READY:
+            await asyncio.sleep(CLIENT_RECONNECT)
 
     def _connection(self) -> KernelConnectionInfo:
         """Where the server reaches the kernel: its sockets' folder, or its ports' address."""

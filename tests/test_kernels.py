@@ -111,6 +111,28 @@ async def test_restart_forgets_state_in_a_new_container(
     assert kernel.km.get_connection_info() == old_ports
 
 
+async def test_a_request_sent_right_after_a_restart_is_heard_whole(
+    kernel_name: str, start_kernel: Any, notebook_dir: Path
+) -> None:
+    """The clients' sockets reconnect to the new kernel's; the first cell after a restart loses nothing.
+
+    Over ipc a kernel binds fast: a request queued during the restart once reached it before the
+    clients' IOPub subscription did, and its status and outputs were lost (a cell busy for ever).
+    """
+    kernel = await start_kernel(kernel_name, cwd=str(notebook_dir))
+    for _ in range(3):
+        await kernel.km.restart_kernel()
+        msg_id = kernel.kc.execute("1/0")  # right away, as a notebook's queued cell
+        heard = []
+        while "idle" not in heard:
+            msg = await kernel.kc.get_iopub_msg(timeout=30)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                heard.append(msg["content"].get("execution_state", msg["msg_type"]))
+        assert heard == ["busy", "execute_input", "error", "idle"]
+        reply = await kernel.kc.get_shell_msg(timeout=30)
+        assert (reply["parent_header"]["msg_id"], reply["content"]["ename"]) == (msg_id, "ZeroDivisionError")
+
+
 async def test_shutdown_leaves_no_container(
     kernel_name: str, start_kernel: Any, notebook_dir: Path, docker_client: docker.DockerClient
 ) -> None:
