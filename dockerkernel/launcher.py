@@ -90,8 +90,8 @@ def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] =
         connection_info = json.load(f)
     channels = Channels()  # the client chose them: tcp ports, or ipc sockets in a folder of its own
     if connection_info.get("transport") == "ipc":
-        # IPC_IMPOSSIBLE, with the reason, where this kernel's engine cannot carry sockets.
-        docker_ops.channels_for(make_settings(DockerSettings, {**config, "channels": "ipc"}, name))
+        settings.channels = "ipc"  # the client's choice: IPC_IMPOSSIBLE where the engine cannot carry it
+        docker_ops.channels_for(settings)
         ip = os.path.abspath(connection_info["ip"])
         channels = Channels("ipc", folder=os.path.dirname(ip), prefix=os.path.basename(ip))
 

@@ -27,6 +27,7 @@ from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader
 from . import errors
 from .errors import DockerKernelError
 from .settings import DockerSettings, parse_gpus, parse_volume
+from .spec import within
 
 POLICY_FILE = "/etc/dockerkernel/policy.json"
 POLICY_FILE_VARIABLE = "DOCKERKERNEL_POLICY_FILE"  # another file, for tests and odd installs
@@ -119,13 +120,9 @@ class KernelPolicy(LoggingConfigurable):
         except OSError:
             pass  # missing: the start refuses it with its own sentence
         if self.allowed_volume_roots:
-            roots = [os.path.normpath(r) for r in self.allowed_volume_roots]
-            return all(any(_within(p, r) for r in roots) for p in with_links)
-        return not any(p == "/" or any(_within(p, f) for f in SYSTEM_FOLDERS) for p in with_links)
-
-
-def _within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
+            roots = [os.path.normpath(r) for r in self.allowed_volume_roots if os.path.isabs(r)]
+            return all(any(within(p, r) for r in roots) for p in with_links)
+        return not any(p == "/" or any(within(p, f) for f in SYSTEM_FOLDERS) for p in with_links)
 
 
 def check(settings: DockerSettings, kernel_name: str, config: Any = None) -> None:

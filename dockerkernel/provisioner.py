@@ -276,9 +276,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         with self._deferred_if_fallback():
             chosen = await _in_thread(docker_ops.channels_for, self)
             if chosen.transport == "ipc":
-                folder = channels.new_kernel_folder(owner.labels())
-                self._channels = chosen
-                self._use_ipc(km, folder)
+                self._use_ipc(km, replace(chosen, folder=channels.new_kernel_folder(owner.labels())))
                 return
             self._channels = chosen
         # A tcp:// host's address is the KernelManager's after the first start: see launch_kernel().
@@ -322,10 +320,10 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         kwargs["cmd"] = self._plan.create_kwargs["command"] if self._plan else []
         return kwargs
 
-    def _use_ipc(self, km: Any, folder: str) -> None:
-        """Carry the kernel's channels over unix sockets in ``folder``, its own."""
-        self._channels = replace(self._channels, folder=folder)
-        km.transport, km.ip = "ipc", self._channels.host_ip
+    def _use_ipc(self, km: Any, own: Channels) -> None:
+        """Carry the kernel's channels over unix sockets in ``own``'s folder, the kernel's own."""
+        self._channels = own
+        km.transport, km.ip = "ipc", own.host_ip
         for port_name, port in IPC_PORTS.items():
             setattr(km, port_name, port)
         self._ports_cached = True
@@ -360,7 +358,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         """
         if self._channels.transport == "ipc":
             channels.remove_kernel_folder(self._channels.folder)
-            self._use_ipc(km, pooled.plan.channels.folder)
+            self._use_ipc(km, pooled.plan.channels)
             self._plan_args["channels"] = self._channels  # for a cold start, should the take fail
         else:
             ports = LocalPortCache.instance()

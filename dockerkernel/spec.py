@@ -270,15 +270,16 @@ def mounted_folders(mount: str, cwd: str, *, server_root: str | None, client_cwd
         if root is None:
             return [cwd]
         root = os.path.abspath(root)
-        if root in SYSTEM_DIRS or not _within(cwd, root):
+        if root in SYSTEM_DIRS or not within(cwd, root):
             return [cwd]
         return [root]
     if mount in SYSTEM_DIRS:
         raise DockerKernelError(errors.MOUNT_SYSTEM_DIR.format(path=mount))
-    return [mount] if _within(cwd, mount) else [mount, cwd]
+    return [mount] if within(cwd, mount) else [mount, cwd]
 
 
-def _within(path: str, folder: str) -> bool:
+def within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or inside it (both absolute and normalised)."""
     return os.path.commonpath([path, folder]) == folder
 
 
@@ -303,7 +304,7 @@ def plan_mounts(
         host, target, mode = parse_volume(volume)
         mounts.append(Mount(target=target, source=host, type="bind", read_only=mode == "ro"))
     for m in mounts:
-        if _within(m["Target"], CONTAINER_DIR):
+        if within(m["Target"], CONTAINER_DIR):
             raise DockerKernelError(errors.MOUNT_TARGET_OURS.format(target=m["Target"], dir=CONTAINER_DIR))
     if home_volume is not None:
         mounts.append(Mount(target=CONTAINER_HOME, source=home_volume, type="volume", labels=home_labels))

@@ -98,7 +98,7 @@ def new_connection(template: Mapping[str, Any]) -> dict[str, Any]:
     return info
 
 
-def release_ports(connection: Mapping[str, Any]) -> None:
+def release_channels(connection: Mapping[str, Any]) -> None:
     """Give a pooled kernel's ports back, or remove its sockets' folder."""
     if connection.get("transport") == "ipc":
         channels.remove_kernel_folder(os.path.dirname(str(connection["ip"])))
@@ -256,7 +256,7 @@ class WarmPool:
         if pooled is not None:
             self.discard(pooled, background=not self._closed)  # at exit: before the process ends
         else:
-            release_ports(connection)
+            release_channels(connection)
 
     def _used(self, kernel_name: str, pool: _Kernelspec) -> None:
         """Note that a start used ``pool``, and shrink it once it goes unused for its idle time."""
@@ -283,14 +283,14 @@ class WarmPool:
             self.discard(pooled)
 
     def discard(self, pooled: Pooled, background: bool = True) -> None:
-        """Remove a pooled kernel's container, in the background, and give its ports back."""
+        """Remove a pooled kernel's container, in the background, and give its channels back."""
 
         def remove() -> None:
             try:
                 docker_ops.remove_container(docker_ops.get_client(pooled.plan.host), pooled.container_id)
             except DockerKernelError as e:
                 log.warning("Pooled kernel %s is left to the reaper: %s", pooled.container_id[:12], e)
-            release_ports(pooled.connection)
+            release_channels(pooled.connection)
 
         if background:
             threading.Thread(target=remove, name="dockerkernel-pool-remove", daemon=True).start()
@@ -330,7 +330,7 @@ class WarmPool:
         hosts = {p.plan.host for pool in pools.values() for p in pool.ready} or {DockerHost()}
         for pool in pools.values():
             for pooled in pool.ready:
-                release_ports(pooled.connection)
+                release_channels(pooled.connection)
         for host in hosts:
             try:
                 client = docker_ops.get_client(host)
