@@ -16,11 +16,16 @@ run as a user who could not use the folder.
 
 Each kernel folder holds an ``owner`` file naming the process that made it, so
 that the folders of a server that died are removed with its containers
-(prune()).
+(prune()). A kernel folder also carries the kernel's connection file and
+start-up notice into the container, which then needs no copy of files before
+its start; the passwd and group entries of its user come read-only from a store
+beside the kernel folders, ``<base>/accounts/``, named by their content
+(account_file()).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -39,6 +44,7 @@ SOCKET_PREFIX = "k"  # the sockets are <folder>/k-1 ... k-5
 # One 'port' per channel: the socket's suffix.
 IPC_PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
 OWNER_FILE = "owner"
+ACCOUNTS = "accounts"  # the base folder's store of passwd and group files
 # sun_path is 108 bytes with its terminating NUL.
 SOCKET_PATH_MAX = 107
 _LONGEST_SOCKET = f"/{'0' * 8}/{SOCKET_PREFIX}-5"  # what a kernel folder adds to the base
@@ -52,6 +58,12 @@ class Channels:
     folder: str = ""  # ipc: the kernel's own folder on this machine
     prefix: str = SOCKET_PREFIX  # ipc: the sockets' name before '-N'
     reason: str = ""  # why tcp, where ipc was possible in principle
+    own_folder: bool = True  # ipc: the folder is the kernel's alone (new_kernel_folder), not a client's
+
+    @property
+    def carries_files(self) -> bool:
+        """Whether the kernel's own files go in through its folder rather than by a copy."""
+        return self.transport == "ipc" and self.own_folder
 
     @property
     def host_ip(self) -> str:
@@ -166,6 +178,33 @@ def new_kernel_folder(owner: Mapping[str, str]) -> str:
     fd = os.open(os.path.join(path, OWNER_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(dict(owner), f)
+    return path
+
+
+def write_private(path: str, data: bytes, mode: int) -> None:
+    """Write a file of this user's with ``mode``, replacing any there; links are not followed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(data)
+
+
+def account_file(data: bytes) -> str:
+    """The path of a file in this user's private store with ``data`` (a passwd or group file), made if
+    need be.
+
+    It is bind-mounted read-only at /etc/passwd or /etc/group, and never into a
+    container otherwise, so a kernel cannot change the accounts it runs under.
+    Named by its content: kernels of one image and user share it, and a
+    running kernel's file is never rewritten.
+    """
+    store = os.path.join(base_folder(), ACCOUNTS)
+    _private_folder(store)
+    path = os.path.join(store, hashlib.sha256(data).hexdigest()[:32])
+    if not os.path.exists(path):
+        partial = f"{path}.{secrets.token_hex(4)}"
+        write_private(partial, data, 0o644)
+        os.replace(partial, path)  # whole or absent, for a start beside this one
     return path
 
 

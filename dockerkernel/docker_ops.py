@@ -33,8 +33,8 @@ from docker.models.containers import Container, _create_container_args
 from docker.tls import TLSConfig
 from docker.utils import kwargs_from_env, parse_repository_tag
 
-from . import errors, gpus
-from .channels import Channels
+from . import channels, errors, gpus
+from .channels import CONTAINER_IPC_DIR, Channels
 from .channels import choose as choose_channels
 from .errors import DockerKernelError, GpusUnavailable, PortTaken
 from .gpus import Gpu, GpuSupport, Holding
@@ -55,11 +55,17 @@ from .spec import (
     POOL_NAME_PREFIX,
     ContainerPlan,
     Engine,
+    KernelFile,
     Owner,
+    files_archive,
     for_engine,
     gpu_create_kwargs,
-    kernel_files_archive,
+    home_folder,
+    home_volume_of,
+    kernel_files,
+    place_files,
     place_gpus,
+    with_read_only_files,
 )
 from .ssh import SshHost
 
@@ -332,23 +338,24 @@ def _untimed_api(client: docker.DockerClient) -> Iterator[docker.APIClient]:
 def start_container(
     client: docker.DockerClient, plan: ContainerPlan, created: Callable[[], None] | None = None
 ) -> str:
-    """Create the planned container, copy the kernel's files in and start it.
+    """Put the kernel's files in place, create the planned container and start it.
 
     The kernel's user gets its passwd and group entries in copies of the
-    image's own files, read from the created container. ``created`` is called
-    once the container exists. Returns the container id. On any failure the
-    container is removed again and a DockerKernelError says why.
+    image's own files. Where the kernel's folder carries its files (ipc), they
+    are in place before the create, and the start follows it with no copy
+    (see spec.place_files). ``created`` is called once the container exists.
+    Returns the container id. On any failure the container is removed again
+    and a DockerKernelError says why.
     """
     container: Container | None = None
     try:
         with _daemon_errors():
+            plan, copied = _files_in_place(client, plan)
             container = _create(client, plan)
             if created is not None:
                 created()
-            passwd = group = None
-            if plan.identity is not None:
-                passwd, group = _image_accounts(client, container)
-            container.put_archive("/", kernel_files_archive(plan, passwd, group))
+            if copied:
+                container.put_archive("/", files_archive(plan, copied))
             container.start()
             return str(container.id)
     except BaseException as e:
@@ -362,18 +369,53 @@ def start_container(
         raise
 
 
+def _files_in_place(
+    client: docker.DockerClient, plan: ContainerPlan
+) -> tuple[ContainerPlan, list[KernelFile]]:
+    """Write the kernel's files that go in through its folder; the plan with the files it mounts, and the
+    files to copy into the created container."""
+    passwd = group = None
+    if plan.identity is not None:
+        passwd, group = _image_accounts(client, plan.image)
+    home = home_folder(plan)
+    if home is not None and plan.channels.carries_files:
+        volume = home_volume_of(plan)
+        if volume is not None and _volume_exists(client, volume):
+            home = None  # its owner was set at its first start
+    placed = place_files(plan, kernel_files(plan, passwd, group), home)
+    for file in placed.in_folder:
+        target = os.path.join(plan.channels.folder, os.path.relpath(file.path, CONTAINER_IPC_DIR))
+        channels.write_private(target, file.data or b"", file.mode)
+    sources = {file.path: channels.account_file(file.data or b"") for file in placed.mounted}
+    return with_read_only_files(plan, sources, engine_of(client).selinux), placed.copied
+
+
+def _volume_exists(client: docker.DockerClient, name: str) -> bool:
+    try:
+        client.api.inspect_volume(name)
+        return True
+    except NotFound:
+        return False
+
+
 _accounts: dict[tuple[str, str], tuple[str, str]] = {}  # (engine, image id): its /etc/passwd and /etc/group
 
 
-def _image_accounts(client: docker.DockerClient, container: Container) -> tuple[str, str]:
-    """The image's /etc/passwd and /etc/group, read from a created container of it once per image.
+def _image_accounts(client: docker.DockerClient, image: str) -> tuple[str, str]:
+    """The image's /etc/passwd and /etc/group, read once per image from a container of it that never starts.
 
     An image id names its content, so the files read once hold for every
     later container of that image.
     """
-    key = (engine_key(client), str(container.attrs.get("Image", "")))
-    if not key[1] or key not in _accounts:
-        _accounts[key] = (_read_file(container, "/etc/passwd"), _read_file(container, "/etc/group"))
+    key = (engine_key(client), str(client.api.inspect_image(image)["Id"]))
+    if key not in _accounts:
+        reader = client.containers.create(
+            image, command=["true"], network_disabled=True, labels={LABEL_PROBE: "1"}
+        )
+        try:
+            _accounts[key] = (_read_file(reader, "/etc/passwd"), _read_file(reader, "/etc/group"))
+        finally:
+            remove_container(client, reader.id)
     return _accounts[key]
 
 

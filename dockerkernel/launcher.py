@@ -93,7 +93,8 @@ def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] =
         settings.channels = "ipc"  # the client's choice: IPC_IMPOSSIBLE where the engine cannot carry it
         docker_ops.channels_for(settings)
         ip = os.path.abspath(connection_info["ip"])
-        channels = Channels("ipc", folder=os.path.dirname(ip), prefix=os.path.basename(ip))
+        # A folder of the client's, maybe shared with its other kernels: the files are copied in.
+        channels = Channels("ipc", folder=os.path.dirname(ip), prefix=os.path.basename(ip), own_folder=False)
 
     plan = plan_container(
         settings,

@@ -26,16 +26,18 @@ from .hosts import DockerHost, map_path
 from .identity import Identity, merge_group, merge_passwd
 from .settings import DockerSettings, parse_volume
 
-# Where a kernel's own files live inside its container. The connection file is
-# copied in rather than bind-mounted: ipykernel rewrites it after binding, and
-# a copy in the container's own filesystem can belong to whichever user the
-# kernel runs as without opening up a directory on the host.
+# Where a kernel's own files live inside its container. Over ipc they are in the
+# kernel's folder, which is mounted (see channels.py); otherwise they are copied
+# into the container's own filesystem, where they can belong to whichever user the
+# kernel runs as without opening up a directory on the host. ipykernel may
+# rewrite its connection file after binding: both places are the kernel's to write.
 CONTAINER_DIR = "/dockerkernel"
 CONTAINER_CONNECTION_FILE = f"{CONTAINER_DIR}/run/kernel.json"
 CONTAINER_HOME = f"{CONTAINER_DIR}/home"
 # Run by IPython at start-up, through PYTHONSTARTUP, when the plan has a notice.
 # Outside the home, which may be a volume that outlives this container.
 NOTICE_STARTUP_FILE = f"{CONTAINER_DIR}/notice.py"
+ACCOUNT_FILES = ("/etc/passwd", "/etc/group")
 
 # Host folders that are never mounted over the image's own (the notebook's
 # folder itself excepted): widening the mount to one of them, or to '/', would
@@ -165,9 +167,21 @@ class ContainerPlan:
         return int(self.create_kwargs["labels"][LABEL_OWNER_UID])
 
 
-def kernel_command(kernel_cmd: Sequence[str], extra_arguments: Sequence[str] = ()) -> list[str]:
+def connection_file_in(channels: Channels) -> str:
+    """The kernel's connection file as its container sees it."""
+    return f"{CONTAINER_IPC_DIR}/kernel.json" if channels.carries_files else CONTAINER_CONNECTION_FILE
+
+
+def notice_file_in(channels: Channels) -> str:
+    """The kernel's start-up notice script as its container sees it."""
+    return f"{CONTAINER_IPC_DIR}/notice.py" if channels.carries_files else NOTICE_STARTUP_FILE
+
+
+def kernel_command(
+    kernel_cmd: Sequence[str], extra_arguments: Sequence[str] = (), channels: Channels = TCP
+) -> list[str]:
     """The command run in the container: ``kernel_cmd`` with its placeholder filled in."""
-    cmd = [arg.replace("{connection_file}", CONTAINER_CONNECTION_FILE) for arg in kernel_cmd]
+    cmd = [arg.replace("{connection_file}", connection_file_in(channels)) for arg in kernel_cmd]
     return cmd + list(extra_arguments)
 
 
@@ -368,7 +382,7 @@ def plan_container(
 
     kwargs: dict[str, Any] = {
         "image": settings.image,
-        "command": kernel_command(settings.kernel_cmd, extra_arguments),
+        "command": kernel_command(settings.kernel_cmd, extra_arguments, channels),
         "name": f"dockerkernel-{kernel_id}",
         "labels": {LABEL_KERNEL_ID: kernel_id, LABEL_KERNELSPEC: kernel_name, **owner.labels()},
         "environment": kernel_environment(
@@ -516,7 +530,7 @@ def place_gpus(
 
 def with_notice(plan: ContainerPlan, notice: str, stream: str = "stderr") -> ContainerPlan:
     """The plan with a notice that the kernel shows at the notebook's first execution, on ``stream``."""
-    environment = {**plan.create_kwargs["environment"], "PYTHONSTARTUP": NOTICE_STARTUP_FILE}
+    environment = {**plan.create_kwargs["environment"], "PYTHONSTARTUP": notice_file_in(plan.channels)}
     kwargs = {**plan.create_kwargs, "environment": environment}
     return replace(plan, notice=notice, notice_stream=stream, create_kwargs=kwargs)
 
@@ -566,42 +580,135 @@ def for_engine(plan: ContainerPlan, engine: Engine) -> ContainerPlan:
     return replace(plan, create_kwargs=kwargs, file_owner=(0, 0), identity=None)
 
 
-def kernel_files_archive(plan: ContainerPlan, passwd: str | None = None, group: str | None = None) -> bytes:
-    """A tar of the kernel's files, for ``put_archive`` at ``/``: its connection file and home.
+@dataclass(frozen=True)
+class KernelFile:
+    """A file that a kernel needs in its container, at ``path``; a folder where ``data`` is None."""
 
-    They belong to the kernel's user and only it can read them; when that user is
-    unknown (the image's own USER) they are open to every user of the container.
-    ``passwd`` and ``group`` are the image's /etc/passwd and /etc/group: with
-    the plan's identity, the container gets copies with the kernel's user in them.
+    path: str
+    mode: int
+    data: bytes | None = None
+    root_owned: bool = False  # else it belongs to the kernel's user
+
+
+def kernel_files(
+    plan: ContainerPlan, passwd: str | None = None, group: str | None = None
+) -> list[KernelFile]:
+    """The files a kernel needs besides its home: its connection file, its notice, and its accounts.
+
+    ``passwd`` and ``group`` are the image's /etc/passwd and /etc/group: with the
+    plan's identity, the container gets copies with the kernel's user in them,
+    where that adds anything.
+    """
+    connection = json.dumps(plan.connection, indent=1).encode()
+    files = [KernelFile(connection_file_in(plan.channels), 0o600, connection)]
+    if plan.notice:
+        script = _NOTICE_SCRIPT.format(text=plan.notice, stream=plan.notice_stream)
+        files.append(KernelFile(notice_file_in(plan.channels), 0o644, script.encode(), root_owned=True))
+    if plan.identity is not None and passwd is not None and group is not None:
+        for path, image_file, merged in (
+            ("/etc/passwd", passwd, merge_passwd(passwd, plan.identity, CONTAINER_HOME)),
+            ("/etc/group", group, merge_group(group, plan.identity)),
+        ):
+            if merged != image_file:
+                files.append(KernelFile(path, 0o644, merged.encode(), root_owned=True))
+    return files
+
+
+def home_folder(plan: ContainerPlan) -> KernelFile | None:
+    """The kernel's HOME, where dockerkernel gives it one: the kernel's user must own it."""
+    if plan.create_kwargs.get("environment", {}).get("HOME") != CONTAINER_HOME:
+        return None
+    return KernelFile(CONTAINER_HOME, 0o700)
+
+
+def home_volume_of(plan: ContainerPlan) -> str | None:
+    """The name of the kernel's home volume; None when its home is in the container."""
+    for m in plan.create_kwargs.get("mounts", []):
+        if m["Target"] == CONTAINER_HOME and m["Type"] == "volume":
+            return str(m["Source"])
+    return None
+
+
+@dataclass(frozen=True)
+class FilesInPlace:
+    """Where a kernel's files go before its start (see place_files)."""
+
+    in_folder: list[KernelFile]  # written into the kernel's folder, which is mounted
+    mounted: list[KernelFile]  # stored on this machine and mounted read-only at their paths
+    copied: list[KernelFile]  # copied into the created container
+
+
+def place_files(plan: ContainerPlan, files: Sequence[KernelFile], home: KernelFile | None) -> FilesInPlace:
+    """Where each of a kernel's files goes (pure); ``home`` is its home folder where that needs an owner.
+
+    Where the kernel's folder carries its files (ipc on this machine), the
+    connection file and the notice go there, and the container is created and
+    started with no copy. A user's passwd and group entries are mounted
+    read-only, as that user could not change them anyway; root's are copied,
+    so that root can still add users and groups (a package's install does). A
+    home that needs its owner set is copied as a folder. Elsewhere, every file
+    is copied.
+    """
+    extra = [home] if home is not None else []
+    if not plan.channels.carries_files:
+        return FilesInPlace([], [], [*files, *extra])
+    in_folder = [f for f in files if within(f.path, CONTAINER_IPC_DIR)]
+    accounts = [f for f in files if f.path in ACCOUNT_FILES]
+    as_root = plan.identity is not None and plan.identity.uid == 0
+    return FilesInPlace(in_folder, [] if as_root else accounts, [*(accounts if as_root else []), *extra])
+
+
+def with_read_only_files(plan: ContainerPlan, sources: Mapping[str, str], selinux: bool) -> ContainerPlan:
+    """The plan with each host file of ``sources`` mounted read-only at its target path.
+
+    The files are shared by kernels: with SELinux, they get the label that all
+    containers may read (':z').
+    """
+    if not sources:
+        return plan
+    kwargs = dict(plan.create_kwargs)
+    if selinux:
+        kwargs["volumes"] = [*kwargs.get("volumes", []), *(f"{s}:{t}:ro,z" for t, s in sources.items())]
+    else:
+        binds = [Mount(target=t, source=s, type="bind", read_only=True) for t, s in sources.items()]
+        kwargs["mounts"] = [*kwargs.get("mounts", []), *binds]
+    return replace(plan, create_kwargs=kwargs)
+
+
+def files_archive(plan: ContainerPlan, files: Sequence[KernelFile]) -> bytes:
+    """A tar of ``files``, for ``put_archive`` at ``/``, with dockerkernel's folders that hold them.
+
+    They belong to the kernel's user and only it can read them; when that user
+    is unknown (the image's own USER) they are open to every user of the
+    container.
     """
     buf = io.BytesIO()
     uid, gid = plan.file_owner or (0, 0)
     private = plan.file_owner is not None
     now = time.time()
 
-    def add(name: str, mode: int, data: bytes | None = None, owner: tuple[int, int] | None = None) -> None:
-        info = tarfile.TarInfo(name.lstrip("/"))
-        (info.uid, info.gid), info.mtime = owner or (uid, gid), now
-        if data is None:
-            info.type, info.mode = tarfile.DIRTYPE, mode if private else 0o777
+    def add(file: KernelFile) -> None:
+        info = tarfile.TarInfo(file.path.lstrip("/"))
+        (info.uid, info.gid), info.mtime = (0, 0) if file.root_owned else (uid, gid), now
+        if file.data is None:
+            info.type, info.mode = tarfile.DIRTYPE, file.mode if private or file.root_owned else 0o777
             tar.addfile(info)
         else:
-            info.mode, info.size = mode if private or owner else 0o666, len(data)
-            tar.addfile(info, io.BytesIO(data))
+            info.mode, info.size = file.mode if private or file.root_owned else 0o666, len(file.data)
+            tar.addfile(info, io.BytesIO(file.data))
 
+    folders = {os.path.dirname(f.path) for f in files if within(f.path, CONTAINER_DIR)} - {CONTAINER_DIR}
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        add(CONTAINER_DIR, 0o755, owner=(0, 0))
-        add(os.path.dirname(CONTAINER_CONNECTION_FILE), 0o700)
-        add(CONTAINER_CONNECTION_FILE, 0o600, json.dumps(plan.connection, indent=1).encode())
-        add(CONTAINER_HOME, 0o700)
-        if plan.notice:
-            add(
-                NOTICE_STARTUP_FILE,
-                0o644,
-                _NOTICE_SCRIPT.format(text=plan.notice, stream=plan.notice_stream).encode(),
-                owner=(0, 0),
-            )
-        if plan.identity is not None and passwd is not None and group is not None:
-            add("/etc/passwd", 0o644, merge_passwd(passwd, plan.identity, CONTAINER_HOME).encode(), (0, 0))
-            add("/etc/group", 0o644, merge_group(group, plan.identity).encode(), (0, 0))
+        if folders or any(within(f.path, CONTAINER_DIR) for f in files):
+            add(KernelFile(CONTAINER_DIR, 0o755, root_owned=True))
+        for folder in sorted(folders):
+            add(KernelFile(folder, 0o700))
+        for file in files:
+            add(file)
     return buf.getvalue()
+
+
+def kernel_files_archive(plan: ContainerPlan, passwd: str | None = None, group: str | None = None) -> bytes:
+    """A tar of all of a kernel's files and its home folder, as a copy into its container has them."""
+    home = home_folder(plan)
+    return files_archive(plan, [*kernel_files(plan, passwd, group), *([home] if home else [])])

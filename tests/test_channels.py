@@ -86,6 +86,27 @@ def test_each_kernel_gets_a_private_folder_in_a_private_base(runtime: Path) -> N
     assert not Path(first).exists()
 
 
+def test_account_files_are_stored_once_by_content_beside_the_kernel_folders(
+    runtime: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(short_tmp))  # so that the kernels of other tests are not looked at
+    monkeypatch.setattr("tempfile.tempdir", None)
+    passwd = b"root:x:0:0::/root:/bin/sh\nme:x:1000:100::/dockerkernel/home:/bin/sh\n"
+    path = channels.account_file(passwd)
+    assert channels.account_file(passwd) == path  # another kernel of the same image and user
+    assert channels.account_file(b"root:x:0:\n") != path
+    store = runtime / "dockerkernel" / channels.ACCOUNTS
+    assert Path(path).parent == store
+    assert (store.stat().st_mode & 0o777, Path(path).stat().st_mode & 0o777) == (0o700, 0o644)
+    assert Path(path).read_bytes() == passwd
+    assert sorted(os.listdir(store)) == sorted(
+        [Path(path).name, Path(channels.account_file(b"root:x:0:\n")).name]
+    )
+    # The store is no kernel's folder: pruning leaves it.
+    assert channels.prune(lambda owner: False) == []
+    assert Path(path).exists()
+
+
 @pytest.mark.parametrize("mode", [0o755, 0o750, 0o711])
 def test_a_base_open_to_others_is_refused_and_left_alone(runtime: Path, mode: int) -> None:
     base = runtime / "dockerkernel"

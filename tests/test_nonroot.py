@@ -103,15 +103,22 @@ def test_the_kernel_is_the_invoking_user_with_a_name_home_and_groups(
     session.close()
 
 
-def test_connection_file_is_readable_by_that_user_only(
+def test_connection_file_is_readable_by_that_user_only_who_cannot_change_its_accounts(
     ordinary_user: pwd.struct_passwd, user_session: Any, docker_client: Any, no_leftovers: None
 ) -> None:
     cell = (
-        "import json, os; p = '/dockerkernel/run/kernel.json'; s = os.stat(p)\n"
-        "print(json.dumps([s.st_uid, oct(s.st_mode & 0o777)]))"
+        "import errno, json, os, ipykernel; p = ipykernel.get_connection_file(); s = os.stat(p)\n"
+        "def change(path):\n"
+        "    try:\n"
+        "        open(path, 'a').close()\n"
+        "        return 'changed'\n"
+        "    except OSError as e:\n"
+        "        return errno.errorcode[e.errno]\n"
+        "print(json.dumps([s.st_uid, oct(s.st_mode & 0o777), change('/etc/passwd'), change('/etc/group')]))"
     )
     session = user_session(["--image", IMAGES["py3"]], [cell])
-    assert json.loads(session.outputs[0]) == [ordinary_user.pw_uid, "0o600"]
+    # Its passwd and group entries are mounted read-only, from outside the folder it can write.
+    assert json.loads(session.outputs[0]) == [ordinary_user.pw_uid, "0o600", "EROFS", "EROFS"]
 
 
 def test_a_volume_the_user_cannot_reach_is_one_sentence(

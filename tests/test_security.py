@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,13 +17,16 @@ import docker
 import psutil
 import pytest
 import zmq
+from docker.models.containers import Container
 from jupyter_client.manager import AsyncKernelManager
 
 from dockerkernel import channels, errors
 from dockerkernel.channels import CONTAINER_IPC_DIR, channel_url
-from dockerkernel.spec import CONTAINER_CONNECTION_FILE, PORT_NAMES
+from dockerkernel.spec import PORT_NAMES
 
 pytestmark = pytest.mark.docker
+
+CONNECTION_FILE = "ipykernel.get_connection_file()"  # as the kernel in its container has it
 
 
 @pytest.fixture
@@ -63,7 +68,7 @@ async def test_every_kernel_gets_a_fresh_random_key(
     assert keys[0] != keys[1]
     assert all(len(key) >= 32 for key in keys)
     # The kernel in the container signs with the same key: it answers only signed requests.
-    reply = await kernel.execute(f"import json; print(json.load(open({CONTAINER_CONNECTION_FILE!r}))['key'])")
+    reply = await kernel.execute(f"import json, ipykernel; print(json.load(open({CONNECTION_FILE}))['key'])")
     assert reply.stdout.strip().encode() == keys[0]
 
 
@@ -71,7 +76,7 @@ async def test_connection_files_are_private(kernel: Any, jupyter_dirs: Path) -> 
     host_file = Path(kernel.km.connection_file)
     assert host_file.stat().st_mode & 0o777 == 0o600
     reply = await kernel.execute(
-        f"import os, json\npath = {CONTAINER_CONNECTION_FILE!r}\n"
+        f"import os, json, ipykernel\npath = {CONNECTION_FILE}\n"
         "f, d = os.stat(path), os.stat(os.path.dirname(path))\n"
         "print(json.dumps([oct(f.st_mode & 0o777), oct(d.st_mode & 0o777), f.st_uid]))"
     )
@@ -115,6 +120,32 @@ async def test_no_docker_socket_capabilities_or_privileged_mode(
     assert reply.stdout == "False\n"
 
 
+async def test_over_ipc_nothing_is_copied_in_but_the_folder_of_a_new_home(
+    install_test_kernel: Any, start_kernel: Any, notebook_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel's files come through its folder; a new home volume's owner is set by a copy."""
+    copied: list[list[str]] = []
+    put_archive = Container.put_archive
+
+    def watched(self: Container, path: str, data: bytes) -> bool:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            copied.append(tar.getnames())
+        return bool(put_archive(self, path, data))
+
+    monkeypatch.setattr(Container, "put_archive", watched)
+    name = install_test_kernel("py3", name="files-in-place")
+    kernels = [await start_kernel(name, cwd=str(notebook_dir)) for _ in range(2)]
+    # Root's accounts are the image's own; an ordinary user's are mounted (test_nonroot.py).
+    assert copied == [["dockerkernel", "dockerkernel/home"]]
+    probe = (
+        "import os, ipykernel; s = os.stat(os.environ['HOME'])\n"
+        "print(ipykernel.get_connection_file(), s.st_uid, oct(s.st_mode & 0o777))"
+    )
+    for kernel in kernels:
+        reply = await kernel.execute(probe)
+        assert reply.stdout.split() == [f"{CONTAINER_IPC_DIR}/kernel.json", str(os.getuid()), "0o700"]
+
+
 async def test_curve_encrypts_the_kernel_channels(
     dockerkernel: Any, docker_client: docker.DockerClient, notebook_dir: Path, no_leftovers: None
 ) -> None:
@@ -130,7 +161,7 @@ async def test_curve_encrypts_the_kernel_channels(
         info = km.get_connection_info()
         assert info["curve_publickey"] and info["curve_secretkey"]
         reply = await kc.execute_interactive(
-            f"import json; print(sorted(json.load(open({CONTAINER_CONNECTION_FILE!r}))))",
+            f"import json, ipykernel; print(sorted(json.load(open({CONNECTION_FILE}))))",
             timeout=30,
             output_hook=lambda msg: None,
         )

@@ -31,13 +31,18 @@ from dockerkernel.spec import (
     PORT_NAMES,
     ContainerPlan,
     Engine,
+    KernelFile,
     Owner,
+    files_archive,
     for_engine,
+    home_folder,
     kernel_command,
-    kernel_files_archive,
+    kernel_files,
     mounted_folders,
+    place_files,
     place_gpus,
     plan_container,
+    with_read_only_files,
 )
 from dockerkernel.swarm import SECRET_FILE, service_kwargs
 
@@ -71,6 +76,11 @@ def plan(settings: DockerSettings | None = None, **kwargs: Any) -> ContainerPlan
     return plan_container(settings or DockerSettings(image="img"), **args)
 
 
+def kernel_files_archive(p: ContainerPlan, passwd: str | None = None, group: str | None = None) -> bytes:
+    """What is copied into a created container of ``p``, whose home needs its owner set."""
+    return files_archive(p, place_files(p, kernel_files(p, passwd, group), home_folder(p)).copied)
+
+
 def test_command_fills_in_the_container_connection_file_and_appends_client_arguments() -> None:
     cmd = kernel_command(["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"], ["--debug"])
     assert cmd == ["python", "-m", "ipykernel_launcher", "-f", CONTAINER_CONNECTION_FILE, "--debug"]
@@ -89,6 +99,66 @@ def test_ipc_channels_publish_no_ports_and_mount_the_kernels_own_folder() -> Non
     assert planned.connection["transport"] == "ipc"
     assert planned.connection["ip"] == f"{CONTAINER_IPC_DIR}/k"
     assert IPC.host_ip == f"{IPC.folder}/k"
+
+
+PASSWD, GROUP = "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n"
+
+
+def test_over_ipc_the_kernels_folder_carries_its_files_and_nothing_is_copied() -> None:
+    on_cpu = place_gpus(plan(DockerSettings(image="img", gpus="auto"), channels=IPC), GpuSupport(""), [])
+    assert on_cpu.create_kwargs["command"][-1] == f"{CONTAINER_IPC_DIR}/kernel.json"
+    assert on_cpu.create_kwargs["environment"]["PYTHONSTARTUP"] == f"{CONTAINER_IPC_DIR}/notice.py"
+    placed = place_files(on_cpu, kernel_files(on_cpu, PASSWD, GROUP), None)
+    assert [(f.path, f.mode) for f in placed.in_folder] == [
+        (f"{CONTAINER_IPC_DIR}/kernel.json", 0o600),
+        (f"{CONTAINER_IPC_DIR}/notice.py", 0o644),
+    ]
+    # The user's accounts are mounted read-only, never in the folder that the kernel can write.
+    assert [f.path for f in placed.mounted] == ["/etc/passwd", "/etc/group"]
+    assert placed.copied == []
+    # A home volume made by this start has its owner set by a copy of its folder.
+    home = home_folder(on_cpu)
+    assert home == KernelFile(CONTAINER_HOME, 0o700)
+    assert place_files(on_cpu, [], home).copied == [home]
+
+
+def test_root_gets_its_accounts_copied_so_that_packages_can_still_add_users() -> None:
+    root = Identity(0, 0, "root", groups=(2000,), group_names=((2000, "datasets"),))
+    as_root = plan(channels=IPC, identity=root)
+    files = kernel_files(as_root, PASSWD, GROUP)
+    assert [f.path for f in files if f.path.startswith("/etc")] == ["/etc/group"]  # root has its passwd entry
+    placed = place_files(as_root, files, None)
+    assert ([f.path for f in placed.copied], placed.mounted) == (["/etc/group"], [])
+
+
+def test_a_clients_own_socket_folder_carries_no_files() -> None:
+    """The launcher's: a client may keep several kernels' sockets in one folder."""
+    shared = Channels("ipc", folder="/run/user/1000/jupyter", prefix="kernel-1-ipc", own_folder=False)
+    planned = plan(channels=shared)
+    assert planned.create_kwargs["command"][-1] == CONTAINER_CONNECTION_FILE
+    placed = place_files(planned, kernel_files(planned, PASSWD, GROUP), home_folder(planned))
+    assert placed.in_folder == placed.mounted == []
+    assert [f.path for f in placed.copied] == [
+        CONTAINER_CONNECTION_FILE,
+        "/etc/passwd",
+        "/etc/group",
+        CONTAINER_HOME,
+    ]
+
+
+def test_read_only_files_are_bind_mounts_or_shared_selinux_volumes() -> None:
+    sources = {"/etc/passwd": "/run/user/1000/dockerkernel/accounts/ab12"}
+    [mount] = [
+        m for m in with_read_only_files(plan(), sources, False).create_kwargs["mounts"] if m["ReadOnly"]
+    ]
+    assert (mount["Target"], mount["Source"], mount["Type"]) == (
+        "/etc/passwd",
+        sources["/etc/passwd"],
+        "bind",
+    )
+    relabelled = with_read_only_files(plan(), sources, True).create_kwargs
+    assert relabelled["volumes"] == ["/run/user/1000/dockerkernel/accounts/ab12:/etc/passwd:ro,z"]
+    assert with_read_only_files(plan(), {}, True) == plan()
 
 
 def test_network_none_is_for_ipc_channels_only() -> None:
