@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="if the image lacks ipykernel, build a kernel-ready image on top of it (wheels fetched here)",
     )
     p.add_argument(
+        "--pin",
+        action="store_true",
+        help="record the image's digest (or id, for an image built here): the kernel then starts exactly "
+        "that image, even after its tag has moved",
+    )
+    p.add_argument(
         "--curve",
         action="store_true",
         help="declare that the kernel can encrypt its channels with CurveZMQ (checked in the image); "
@@ -118,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also remove your kernel home for it (caches, pip install --user)",
     )
 
+    p = sub.add_parser("pin", help="make a kernelspec start exactly the image that its tag names now")
+    p.add_argument("name")
+    p = sub.add_parser("unpin", help="make a kernelspec start whatever image its tag names")
+    p.add_argument("name")
+
     p = sub.add_parser("list", help="list the installed dockerkernel kernelspecs")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -125,6 +136,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pull", help="pull the image of a kernelspec or preset, or any image, with progress")
     p.add_argument("target", metavar="NAME|IMAGE", help="an installed kernelspec, a preset, or an image")
+
+    p = sub.add_parser(
+        "run",
+        help="run notebooks on one or more kernels, each result with a record of its image",
+        description="Execute each NOTEBOOK on each kernel (-k) and write each result, with the record of "
+        "the image it ran on, to the output folder as <notebook>.<kernel>.ipynb.",
+    )
+    p.add_argument("notebooks", nargs="*", metavar="NOTEBOOK")
+    p.add_argument(
+        "-k", "--kernel", action="append", default=[], dest="kernels", help="an installed kernelspec"
+    )
+    p.add_argument(
+        "-o", "--output-dir", metavar="DIR", help="where results go (default: ./dockerkernel-runs/<time>/)"
+    )
+    p.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a parameter, injected after the cell tagged 'parameters' as papermill does",
+    )
+    p.add_argument("-f", "--parameters-file", action="append", default=[], metavar="YAML", help="parameters")
+    p.add_argument("--parallel", type=int, default=1, metavar="N", help="runs at once (default: 1)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="the most one cell may take")
+    p.add_argument(
+        "--compare", action="store_true", help="set each notebook's runs side by side, cell by cell"
+    )
+    p.add_argument(
+        "--reproduce",
+        metavar="EXECUTED",
+        help="run this notebook again on the exact image, and with the settings, that its record names",
+    )
+    p.add_argument("--gpus", help="with --reproduce: the GPUs to give instead of the recorded ones")
 
     p = sub.add_parser("ps", help="list your kernel containers")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -234,6 +280,9 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(result or f"Image {config['image']} is present.", file=sys.stderr)
     if args.dockerfile or not args.no_pull or _check_despite_no_pull(args, config["image"], host):
         metadata = _make_kernel_ready(args, config, host)
+    if args.pin:
+        config["pinned_image"] = docker_ops.pin_reference(docker_ops.get_client(host), config["image"])
+        print(f"Pinned to {config['pinned_image']}.", file=sys.stderr)
     path = kernelspec.install(
         name=name,
         display_name=display_name,
@@ -270,7 +319,7 @@ def _check_despite_no_pull(args: argparse.Namespace, image: str, host: DockerHos
 
     Without such a flag, --no-pull checks nothing: the image may not exist yet.
     """
-    wanted = (("--add-ipykernel", _wants_ipykernel(args)), ("--curve", args.curve))
+    wanted = (("--add-ipykernel", _wants_ipykernel(args)), ("--curve", args.curve), ("--pin", args.pin))
     flags = [flag for flag, given in wanted if given]
     if not flags:
         return False
@@ -364,10 +413,42 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("No dockerkernel kernelspecs are installed: try `dockerkernel install python3`.")
     else:
         rows = [
-            (k.name, k.image, k.gpus, k.home or "(in the container)", k.path, _channels_of(k))
+            (k.name, k.image, _pinned(k), k.gpus, k.home or "(in the container)", k.path, _channels_of(k))
             for k in kernels
         ]
-        print(_table([("NAME", "IMAGE", "GPUS", "HOME VOLUME", "LOCATION", "CHANNELS"), *rows]))
+        print(_table([("NAME", "IMAGE", "PINNED", "GPUS", "HOME VOLUME", "LOCATION", "CHANNELS"), *rows]))
+    return 0
+
+
+def _pinned(kernel: kernelspec.InstalledKernel) -> str:
+    """A kernelspec's pin for `list`, and whether its tag names another image now."""
+    if not kernel.pinned:
+        return "-"
+    short = kernel.pinned.rsplit("@", 1)[-1][:19]
+    try:
+        client = docker_ops.get_client(kernel.host)
+        now = docker_ops.image_id(client, kernel.image)
+        pinned = docker_ops.image_id(client, kernel.pinned)
+    except DockerKernelError:
+        return f"{short} (engine unreachable)"
+    if now is None:
+        return f"{short} (tag not here)"
+    return f"{short} (tag moved)" if now != pinned else short
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    config = kernelspec.config_of(args.name)
+    settings = make_settings(DockerSettings, config, args.name)
+    reference = docker_ops.pin_reference(docker_ops.get_client(settings.host()), settings.image)
+    kernelspec.set_config(args.name, pinned_image=reference)
+    print(f"Kernel {args.name} now starts {reference}, whatever {settings.image} names later.")
+    return 0
+
+
+def cmd_unpin(args: argparse.Namespace) -> int:
+    config = kernelspec.config_of(args.name)
+    kernelspec.set_config(args.name, pinned_image="")
+    print(f"Kernel {args.name} now starts whatever {config.get('image', '')} names at each start.")
     return 0
 
 
@@ -484,6 +565,121 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import datetime
+    import tempfile
+    from pathlib import Path
+
+    from . import run
+
+    if args.reproduce and (args.kernels or args.notebooks):
+        raise DockerKernelError(errors.REPRODUCE_ALONE)
+    if not args.kernels and not args.reproduce:
+        raise DockerKernelError(errors.RUN_NO_KERNELS)
+    if not args.notebooks and not args.reproduce:
+        raise DockerKernelError(errors.NOTEBOOK_MISSING.format(path="(none given)"))
+    parameters = run.parse_parameters(args.parameter, args.parameters_file)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+    output = Path(args.output_dir or os.path.join("dockerkernel-runs", stamp))
+    if not args.reproduce:
+        return _run_jobs(args, run.plan_jobs(args.notebooks, args.kernels, output), parameters, output)
+    jupyter_path = os.environ.get("JUPYTER_PATH")
+    with tempfile.TemporaryDirectory(prefix="dockerkernel-reproduce-") as specs:
+        try:
+            job = run.reproduction(Path(args.reproduce), output, args.gpus, Path(specs))
+            jobs = run.plan_jobs([args.reproduce], [job.kernel], output)
+            return _run_jobs(args, jobs, parameters, output)
+        finally:  # the recorded kernel's kernelspec goes with the folder
+            if jupyter_path is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = jupyter_path
+
+
+def _run_jobs(args: argparse.Namespace, jobs: Sequence[Any], parameters: dict[str, Any], output: Any) -> int:
+    """Run ``jobs``, with a line of progress each, then print their table; the exit status."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    from . import run
+
+    outcomes = [run.Outcome(job) for job in jobs]
+    progress = Console(stderr=True)
+
+    def line(o: run.Outcome) -> str:
+        where = f"cell {o.cell} of {o.cells}" if o.cell else ""
+        state = {"running": where or "starting", "ok": f"done in {o.seconds:.1f} s"}.get(o.status, o.status)
+        return f"{o.job.notebook.name} on {o.job.kernel}: {state}"
+
+    def board() -> Table:
+        table = Table.grid(padding=(0, 1))
+        for o in outcomes:
+            table.add_row(line(o))
+        return table
+
+    live = Live(board(), console=progress, auto_refresh=False) if progress.is_terminal else None
+
+    def changed(o: run.Outcome) -> None:
+        if live is not None:
+            live.update(board(), refresh=True)
+        else:
+            print(line(o), file=sys.stderr, flush=True)
+
+    if live is not None:
+        live.start()
+    try:
+        interrupted = run.run_jobs(outcomes, parameters, args.timeout, args.parallel, changed)
+    finally:
+        if live is not None:
+            live.stop()
+    if args.compare:
+        _compare_runs(outcomes, args.kernels, output)
+    rows = [("NOTEBOOK", "KERNEL", "IMAGE", "STATUS", "DURATION", "FIRST ERROR")]
+    for o in outcomes:
+        error = f"cell {o.cell}: {o.error}" if o.error and o.cell else o.error
+        duration = f"{o.seconds:.1f} s" if o.seconds else "-"
+        rows.append((o.job.notebook.name, o.job.kernel, o.image or "-", o.status, duration, error or "-"))
+    print(_table(rows))
+    print(f"Results in {output}{os.sep}")
+    if interrupted:
+        return 130
+    return 0 if all(o.status == "ok" for o in outcomes) else 1
+
+
+def _compare_runs(outcomes: Sequence[Any], kernels: Sequence[str], output: Any) -> None:
+    """Print and write, per notebook, which code cells' outputs differ between its kernels."""
+    from . import compare, run
+
+    by_notebook: dict[Any, dict[str, Any]] = {}
+    for o in outcomes:
+        if o.job.output.exists():
+            by_notebook.setdefault(o.job.notebook, {})[o.job.kernel] = run.read_notebook(o.job.output)
+    for notebook, runs in by_notebook.items():
+        if len(runs) < 2:
+            continue
+        ran = [k for k in kernels if k in runs]
+        cells = compare.compare({k: runs[k] for k in ran})
+        differing = [c for c in cells if c.differs]
+        print(
+            f"\n{notebook.name}: {len(differing)} of {len(cells)} code cells differ between {', '.join(ran)}."
+        )
+        rows = [("CELL", "SOURCE", *(f"{k} vs {ran[0]}" for k in ran[1:]))]
+        for c in cells:
+            rows.append(
+                (str(c.index), c.source[:50], *("differs" if k in c.diffs else "same" for k in ran[1:]))
+            )
+        print(_table(rows))
+        for c in differing:
+            for diff in c.diffs.values():
+                print(f"\ncell {c.index}:")
+                print("\n".join(f"  {line}" for line in diff))
+        report = output / f"{notebook.stem}.compare.md"
+        report.write_text(compare.markdown_report(notebook.name, cells, ran))
+        print(f"\nComparison report: {report}")
+    print()
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from .launcher import launch
 
@@ -495,9 +691,12 @@ COMMANDS = {
     "install": cmd_install,
     "uninstall": cmd_uninstall,
     "list": cmd_list,
+    "pin": cmd_pin,
+    "unpin": cmd_unpin,
     "presets": cmd_presets,
     "pull": cmd_pull,
     "ps": cmd_ps,
+    "run": cmd_run,
     "prune": cmd_prune,
     "doctor": cmd_doctor,
     "launch": cmd_launch,

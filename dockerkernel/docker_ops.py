@@ -7,6 +7,7 @@ causes a user can fix into a DockerKernelError with a sentence from errors.py.
 
 from __future__ import annotations
 
+import datetime
 import io
 import itertools
 import logging
@@ -33,10 +34,10 @@ from docker.models.containers import Container, _create_container_args
 from docker.tls import TLSConfig
 from docker.utils import kwargs_from_env, parse_repository_tag
 
-from . import channels, errors, gpus
+from . import channels, errors, gpus, provenance
 from .channels import CONTAINER_IPC_DIR, Channels
 from .channels import choose as choose_channels
-from .errors import DockerKernelError, GpusUnavailable, PortTaken
+from .errors import DockerKernelError, GpusUnavailable, ImageUnavailable, PortTaken
 from .gpus import Gpu, GpuSupport, Holding
 from .hosts import DockerHost
 from .pulls import PullLog
@@ -66,6 +67,7 @@ from .spec import (
     place_files,
     place_gpus,
     with_read_only_files,
+    with_startup,
 )
 from .ssh import SshHost
 
@@ -291,6 +293,26 @@ def image_present(client: docker.DockerClient, image: str) -> bool:
             return False
 
 
+def pin_reference(client: docker.DockerClient, image: str) -> str:
+    """What pins ``image`` as the engine has it now: its digest in its repository, or, for an image
+    built here that no registry has, its id."""
+    with _daemon_errors():
+        try:
+            attrs = client.api.inspect_image(image)
+        except ImageNotFound:
+            raise DockerKernelError(errors.PIN_NEEDS_IMAGE.format(image=image)) from None
+    return provenance.repo_digest(image, attrs.get("RepoDigests") or []) or str(attrs["Id"])
+
+
+def image_id(client: docker.DockerClient, image: str) -> str | None:
+    """The id of the image that ``image`` names on the engine now; None where it has none."""
+    with _daemon_errors():
+        try:
+            return str(client.api.inspect_image(image)["Id"])
+        except ImageNotFound:
+            return None
+
+
 def pull_image(client: docker.DockerClient, image: str, on_event: PullEvents | None = None) -> None:
     """Pull ``image``, passing each of the engine's progress events to ``on_event``.
 
@@ -304,11 +326,11 @@ def pull_image(client: docker.DockerClient, image: str, on_event: PullEvents | N
             for event in api.pull(repository, tag=tag or "latest", stream=True, decode=True):
                 if "error" in event:
                     reason = str(event["error"]).strip().splitlines()[0]
-                    raise DockerKernelError(errors.IMAGE_UNAVAILABLE.format(image=image, reason=reason))
+                    raise ImageUnavailable(image, reason)
                 if on_event is not None:
                     on_event(event)
         except (APIError, requests.exceptions.RequestException) as e:
-            raise DockerKernelError(errors.IMAGE_UNAVAILABLE.format(image=image, reason=_reason(e))) from e
+            raise ImageUnavailable(image, _reason(e)) from e
 
 
 @contextmanager
@@ -372,11 +394,25 @@ def start_container(
 def _files_in_place(
     client: docker.DockerClient, plan: ContainerPlan
 ) -> tuple[ContainerPlan, list[KernelFile]]:
-    """Write the kernel's files that go in through its folder; the plan with the files it mounts, and the
-    files to copy into the created container."""
+    """Write the kernel's files that go in through its folder; the plan with its record (provenance.py) and
+    the files it mounts, and the files to copy into the created container."""
+    image = client.api.inspect_image(plan.image)
+    engine = engine_of(client)
+    record = provenance.record(
+        kernelspec=plan.create_kwargs["labels"].get(LABEL_KERNELSPEC, ""),
+        image=plan.installed_image or plan.image,
+        run_image=plan.image,
+        image_attrs=image,
+        id_kind=provenance.MANIFEST_DIGEST if engine.containerd_store else provenance.CONFIG_DIGEST,
+        gpus=[{"id": gpu, "name": name} for gpu, name in plan.gpus_given],
+        docker_host=plan.host.url or os.environ.get("DOCKER_HOST", "") or "local",
+        started=datetime.datetime.now(datetime.timezone.utc),
+        settings=plan.settings,
+    )
+    plan = with_startup(plan, record, (image.get("Config") or {}).get("Env") or [])
     passwd = group = None
     if plan.identity is not None:
-        passwd, group = _image_accounts(client, plan.image)
+        passwd, group = _image_accounts(client, str(image["Id"]))
     home = home_folder(plan)
     if home is not None and plan.channels.carries_files:
         volume = home_volume_of(plan)
@@ -387,7 +423,7 @@ def _files_in_place(
         target = os.path.join(plan.channels.folder, os.path.relpath(file.path, CONTAINER_IPC_DIR))
         channels.write_private(target, file.data or b"", file.mode)
     sources = {file.path: channels.account_file(file.data or b"") for file in placed.mounted}
-    return with_read_only_files(plan, sources, engine_of(client).selinux), placed.copied
+    return with_read_only_files(plan, sources, engine.selinux), placed.copied
 
 
 def _volume_exists(client: docker.DockerClient, name: str) -> bool:
@@ -401,16 +437,16 @@ def _volume_exists(client: docker.DockerClient, name: str) -> bool:
 _accounts: dict[tuple[str, str], tuple[str, str]] = {}  # (engine, image id): its /etc/passwd and /etc/group
 
 
-def _image_accounts(client: docker.DockerClient, image: str) -> tuple[str, str]:
+def _image_accounts(client: docker.DockerClient, image_id: str) -> tuple[str, str]:
     """The image's /etc/passwd and /etc/group, read once per image from a container of it that never starts.
 
     An image id names its content, so the files read once hold for every
     later container of that image.
     """
-    key = (engine_key(client), str(client.api.inspect_image(image)["Id"]))
+    key = (engine_key(client), image_id)
     if key not in _accounts:
         reader = client.containers.create(
-            image, command=["true"], network_disabled=True, labels={LABEL_PROBE: "1"}
+            image_id, command=["true"], network_disabled=True, labels={LABEL_PROBE: "1"}
         )
         try:
             _accounts[key] = (_read_file(reader, "/etc/passwd"), _read_file(reader, "/etc/group"))
@@ -562,6 +598,9 @@ def engine_of(client: docker.DockerClient) -> Engine:
             podman=podman,
             rootless=rootless,
             selinux="name=selinux" in security,
+            containerd_store=any(
+                "io.containerd.snapshotter" in str(value) for _, value in info.get("DriverStatus") or []
+            ),
             local=shares_this_kernel(info),
         )
     return _engines[key]
@@ -797,7 +836,11 @@ def run_kernel_container(
     client = get_client(plan.host)
     plan = for_engine(plan, engine_of(client))
     remove_left_behind(client)
-    if needs_pull(client, plan.image, pull_policy):
+    if plan.image.startswith("sha256:"):  # pinned to an image built here: no registry has it
+        if not image_present(client, plan.image):
+            kernel = plan.create_kwargs["labels"].get(LABEL_KERNELSPEC, "")
+            raise DockerKernelError(errors.PINNED_IMAGE_GONE.format(kernel=kernel, image=plan.image))
+    elif needs_pull(client, plan.image, pull_policy):
         progress = PullLog(plan.image, kernel_log)
         pull_image(client, plan.image, progress)
         progress.finished()

@@ -19,6 +19,14 @@ class NotSignalable(DockerKernelError):
     """The backend cannot reach the kernel's process to signal it."""
 
 
+class ImageUnavailable(DockerKernelError):
+    """A pull failed (IMAGE_UNAVAILABLE); ``reason`` is the registry's or engine's word for why."""
+
+    def __init__(self, image: str, reason: str) -> None:
+        super().__init__(IMAGE_UNAVAILABLE.format(image=image, reason=reason))
+        self.reason = reason
+
+
 class GpusUnavailable(DockerKernelError):
     """The daemon refused a container its GPUs (GPUS_UNAVAILABLE)."""
 
@@ -257,4 +265,56 @@ WARM_POOL_WITH_GPUS = (
 WARM_POOL_NOT_LOCAL = (
     "Kernel '{kernel}' has a warm pool of {size} on {where}: the warm pool works with this "
     "machine's Docker engine only; drop the warm pool, or run the kernel on this machine."
+)
+
+# dockerkernel run
+RUN_UNKNOWN_KERNEL = (
+    "There is no dockerkernel kernelspec named '{kernel}' (installed: {installed}): give one of "
+    "those to -k, or install it with `dockerkernel install`."
+)
+RUN_NO_KERNELS = (
+    "No kernel to run on: name one or more installed kernelspecs with -k (see `dockerkernel list`), "
+    "or give --reproduce an executed notebook."
+)
+NOTEBOOK_MISSING = "Notebook '{path}' does not exist: check its path."
+NOTEBOOK_INVALID = (
+    "'{path}' is not a notebook that can be run ({reason}): open and save it in Jupyter, or "
+    "check that it is the .ipynb file you meant."
+)
+RUN_SAME_STEM = (
+    "Notebooks '{first}' and '{second}' have the same name, so their results would overwrite each "
+    "other in one output folder: run them one at a time, or give each its own -o."
+)
+PARAMETERS_UNREADABLE = (
+    "The parameters file '{path}' cannot be used ({reason}): give -f a YAML file of names and "
+    "values, such as `alpha: 0.5`."
+)
+PARAMETER_NAME = (
+    "'{name}' cannot be a parameter's name: give -p a Python identifier and a value, such as `-p alpha 0.5`."
+)
+OUTPUT_UNWRITABLE = (
+    "The output folder '{path}' cannot be written ({reason}): give -o a folder that you can write."
+)
+NO_PROVENANCE = (
+    "'{path}' has no record of the image it ran on (metadata.dockerkernel): --reproduce needs a "
+    "notebook executed by a dockerkernel kernel; run it with -k KERNEL instead."
+)
+REPRODUCE_IMAGE_GONE = (
+    "The image that '{path}' ran on, {image}, is not on the Docker host and cannot be pulled "
+    "({reason}): {fix}"
+)
+
+# Pinned images
+PIN_NEEDS_IMAGE = (
+    "Image '{image}' is not on the Docker host, so there is nothing to pin: pull or build it first "
+    "(`dockerkernel pull {image}`)."
+)
+PINNED_IMAGE_GONE = (
+    "Kernel '{kernel}' is pinned to image {image}, which was built on the Docker host, is no longer "
+    "there and cannot be pulled: rebuild it and pin the new one with `dockerkernel pin {kernel}`, or "
+    "run the tag's image with `dockerkernel unpin {kernel}`."
+)
+REPRODUCE_ALONE = (
+    "--reproduce runs one executed notebook on the image it names, without -k or other notebooks: "
+    "give it alone, or run notebooks on kernels with -k."
 )

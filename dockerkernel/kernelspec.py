@@ -38,6 +38,7 @@ class InstalledKernel:
     tls_ca: str = ""  # and, for a tcp:// one, the TLS files that reach it
     tls_cert: str = ""
     tls_key: str = ""
+    pinned: str = ""  # the digest or id that the kernel starts, where it is pinned
 
     @property
     def host(self) -> DockerHost:
@@ -189,6 +190,7 @@ def installed(manager: KernelSpecManager | None = None) -> list[InstalledKernel]
                 tls_ca=config.get("tls_ca", ""),
                 tls_cert=config.get("tls_cert", ""),
                 tls_key=config.get("tls_key", ""),
+                pinned=config.get("pinned_image", ""),
             )
         )
     return rows
@@ -208,6 +210,31 @@ def config_of(name: str, manager: KernelSpecManager | None = None) -> dict[str, 
     except NoSuchKernel:
         raise DockerKernelError(errors.KERNELSPEC_NOT_FOUND.format(name=name)) from None
     return dict(spec.metadata.get("kernel_provisioner", {}).get("config", {}))
+
+
+def set_config(name: str, manager: KernelSpecManager | None = None, **changes: Any) -> str:
+    """Change settings of an installed dockerkernel kernelspec in place ('' removes one); its kernel.json."""
+    ksm = manager or KernelSpecManager()
+    found = {k.name: k for k in installed(ksm)}
+    if name not in found:
+        raise DockerKernelError(errors.KERNELSPEC_NOT_FOUND.format(name=name))
+    path = os.path.join(found[name].path, "kernel.json")
+    with open(path) as current:
+        spec = json.load(current)
+    config = spec["metadata"]["kernel_provisioner"].setdefault("config", {})
+    for key, value in changes.items():
+        if value == "":
+            config.pop(key, None)
+        else:
+            config[key] = value
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=found[name].path, delete=False, suffix=".json") as new:
+            json.dump(spec, new, indent=1)
+        os.chmod(new.name, os.stat(path).st_mode & 0o777)  # readable by whoever could read it
+        os.replace(new.name, path)
+    except PermissionError as e:
+        raise DockerKernelError(errors.PERMISSION_DENIED.format(path=e.filename or path)) from e
+    return path
 
 
 def uninstall(name: str, manager: KernelSpecManager | None = None) -> str:

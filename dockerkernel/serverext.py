@@ -9,7 +9,10 @@ never touched. `dockerkernel prune` does the same on request.
 
 It also turns on DockerProvisioner.fallback_kernel, so that in a server a
 kernel that cannot start answers every execution with the reason, unless the
-server's config sets it.
+server's config sets it. And it keeps each saved notebook's record of the
+image it ran on: the record that a dockerkernel kernel puts in its
+``language_info`` (see provenance.py) is copied to the notebook's top-level
+``metadata.dockerkernel``, where JupyterLab leaves it alone.
 
 pip enables the extension on install, through
 etc/jupyter/jupyter_server_config.d/dockerkernel.json.
@@ -20,9 +23,19 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from . import channels, docker_ops, kernelspec
+from . import channels, docker_ops, kernelspec, provenance
 from .backends import prune_host
 from .errors import DockerKernelError
+
+
+def keep_record(model: dict[str, Any], **kwargs: Any) -> None:
+    """A pre-save hook: a notebook's record from its kernel's language_info, at its top level."""
+    if model.get("type") != "notebook" or not isinstance(model.get("content"), dict):
+        return
+    metadata = model["content"].setdefault("metadata", {})
+    found = (metadata.get("language_info") or {}).get(provenance.METADATA_KEY)
+    if isinstance(found, dict):
+        metadata[provenance.METADATA_KEY] = found
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
@@ -32,6 +45,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     provisioner_config = serverapp.config.DockerProvisioner
     if "fallback_kernel" not in provisioner_config:
         provisioner_config.fallback_kernel = True
+    serverapp.contents_manager.register_pre_save_hook(keep_record)
 
     def prune() -> None:
         channels.prune(docker_ops.owner_alive)  # the sockets' folders of this user's dead servers

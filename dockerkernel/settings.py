@@ -97,6 +97,14 @@ class DockerSettings(LoggingConfigurable):
         It must contain a Python with ipykernel.""",
     ).tag(config=True)
 
+    pinned_image = Unicode(
+        "",
+        help="""The exact image the kernel starts, recorded by `install --pin` or `dockerkernel pin`:
+        the image's digest (repository@sha256:...), or its id (sha256:...) for an image built on the
+        Docker host, so that the kernel runs the same environment after the tag has moved. Empty:
+        whatever the image's tag names at each start.""",
+    ).tag(config=True)
+
     kernel_cmd = List(
         Unicode(),
         default_value=DEFAULT_KERNEL_CMD,

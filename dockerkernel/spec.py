@@ -13,12 +13,12 @@ import os
 import tarfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from docker.types import DeviceRequest, Mount
 
-from . import errors
+from . import errors, provenance
 from . import gpus as gpus_mod
 from .channels import CONTAINER_IPC_DIR, TCP, Channels
 from .errors import DockerKernelError, GpusUnavailable
@@ -34,9 +34,10 @@ from .settings import DockerSettings, parse_volume
 CONTAINER_DIR = "/dockerkernel"
 CONTAINER_CONNECTION_FILE = f"{CONTAINER_DIR}/run/kernel.json"
 CONTAINER_HOME = f"{CONTAINER_DIR}/home"
-# Run by IPython at start-up, through PYTHONSTARTUP, when the plan has a notice.
-# Outside the home, which may be a volume that outlives this container.
-NOTICE_STARTUP_FILE = f"{CONTAINER_DIR}/notice.py"
+# Run by IPython at start-up, through PYTHONSTARTUP: the kernel's record, and its
+# notice (provenance.startup_script). Outside the home, which may be a volume
+# that outlives this container.
+STARTUP_FILE = f"{CONTAINER_DIR}/startup.py"
 ACCOUNT_FILES = ("/etc/passwd", "/etc/group")
 
 # Host folders that are never mounted over the image's own (the notebook's
@@ -64,23 +65,6 @@ GPUS_NOT_LISTED = (
     "to have free ones chosen."
 )
 
-# Python 2 and 3, IPython 5 and later: print the notice at the first execution, once.
-_NOTICE_SCRIPT = """\
-def _dockerkernel_notice(text):
-    import sys
-    shell = get_ipython()
-
-    def show(*args):
-        getattr(sys, {stream!r}).write(text + "\\n")
-        shell.events.unregister("pre_run_cell", show)
-
-    shell.events.register("pre_run_cell", show)
-
-
-_dockerkernel_notice({text!r})
-del _dockerkernel_notice
-"""
-
 LABEL_PREFIX = "org.dockerkernel"
 LABEL_KERNEL_ID = f"{LABEL_PREFIX}.kernel-id"
 LABEL_KERNELSPEC = f"{LABEL_PREFIX}.kernelspec"
@@ -95,6 +79,12 @@ LABEL_GPUS = f"{LABEL_PREFIX}.gpus"  # the GPU ids a kernel holds, or 'all'
 LABEL_GPU_LOCK = f"{LABEL_PREFIX}.gpu-lock"  # on the container that locks GPU allocation
 LABEL_POOL = f"{LABEL_PREFIX}.pool"  # on a kernel started for the warm pool (also once a start took it)
 POOL_NAME_PREFIX = "dockerkernel-pool-"  # a pooled kernel's name until a start takes it
+
+# The settings a kernel's record keeps, for `dockerkernel run --reproduce`: what made its
+# environment. Not its env (it may hold secrets), nor where its engine is and how it is reached.
+REPRODUCED_SETTINGS = (
+    "kernel_cmd", "gpus", "user", "network", "home", "mount", "volumes", "shm_size", "mem_limit", "cpus",
+)  # fmt: skip
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
 
@@ -156,6 +146,10 @@ class ContainerPlan:
     identity: Identity | None = None  # given a passwd and group entry in the container
     network: str | None = None  # an isolated network that must exist before the create
     channels: Channels = TCP  # how the server reaches the kernel
+    gpus_given: tuple[tuple[str, str], ...] = ()  # (id, name) of each GPU placed, for the kernel's record
+    startup_chain: str = ""  # the start-up file that the image or kernelspec set, run after the kernel's own
+    installed_image: str = ""  # the image as the kernelspec names it, where a pin runs another reference
+    settings: dict[str, Any] = field(default_factory=dict)  # what `run --reproduce` needs of its settings
 
     @property
     def image(self) -> str:
@@ -172,9 +166,9 @@ def connection_file_in(channels: Channels) -> str:
     return f"{CONTAINER_IPC_DIR}/kernel.json" if channels.carries_files else CONTAINER_CONNECTION_FILE
 
 
-def notice_file_in(channels: Channels) -> str:
-    """The kernel's start-up notice script as its container sees it."""
-    return f"{CONTAINER_IPC_DIR}/notice.py" if channels.carries_files else NOTICE_STARTUP_FILE
+def startup_file_in(channels: Channels) -> str:
+    """The kernel's start-up script as its container sees it."""
+    return f"{CONTAINER_IPC_DIR}/startup.py" if channels.carries_files else STARTUP_FILE
 
 
 def kernel_command(
@@ -381,7 +375,7 @@ def plan_container(
     folders = mounted_folders(settings.mount, cwd, server_root=server_root, client_cwd=client_cwd)
 
     kwargs: dict[str, Any] = {
-        "image": settings.image,
+        "image": settings.pinned_image or settings.image,
         "command": kernel_command(settings.kernel_cmd, extra_arguments, channels),
         "name": f"dockerkernel-{kernel_id}",
         "labels": {LABEL_KERNEL_ID: kernel_id, LABEL_KERNELSPEC: kernel_name, **owner.labels()},
@@ -443,6 +437,8 @@ def plan_container(
         identity=kernel_user,
         network=network,
         channels=channels,
+        installed_image=settings.image,
+        settings={name: getattr(settings, name) for name in REPRODUCED_SETTINGS},
     )
 
 
@@ -522,6 +518,8 @@ def place_gpus(
     kwargs = {k: v for k, v in plan.create_kwargs.items() if k not in ("device_requests", "devices")}
     kwargs.update(gpu_create_kwargs(ids, support.method, podman))
     kwargs["labels"] = {**kwargs["labels"], LABEL_GPUS: ",".join(held)}
+    names = {g.id: g.name for g in inventory}
+    plan = replace(plan, gpus_given=tuple((i, names.get(i, "")) for i in held))
     if not notice:
         given = gpus_mod.describe(held, inventory) if inventory else "all the host's GPUs"
         notice = GPUS_GIVEN.format(gpus=given)
@@ -530,9 +528,22 @@ def place_gpus(
 
 def with_notice(plan: ContainerPlan, notice: str, stream: str = "stderr") -> ContainerPlan:
     """The plan with a notice that the kernel shows at the notebook's first execution, on ``stream``."""
-    environment = {**plan.create_kwargs["environment"], "PYTHONSTARTUP": notice_file_in(plan.channels)}
+    return replace(plan, notice=notice, notice_stream=stream)
+
+
+def with_startup(plan: ContainerPlan, record: Mapping[str, Any], image_env: Sequence[str]) -> ContainerPlan:
+    """The plan with its start-up script and its ``record`` (see provenance.py) in its environment.
+
+    A PYTHONSTARTUP that the kernelspec or the image (``image_env``, its
+    NAME=VALUE list) set runs after the kernel's own script.
+    """
+    environment = dict(plan.create_kwargs["environment"])
+    ours = startup_file_in(plan.channels)
+    image_startup = [e.partition("=")[2] for e in image_env if e.startswith("PYTHONSTARTUP=")]
+    chained = environment.get("PYTHONSTARTUP") or (image_startup[0] if image_startup else "")
+    environment.update(provenance.environment(record), PYTHONSTARTUP=ours)
     kwargs = {**plan.create_kwargs, "environment": environment}
-    return replace(plan, notice=notice, notice_stream=stream, create_kwargs=kwargs)
+    return replace(plan, create_kwargs=kwargs, startup_chain="" if chained == ours else chained)
 
 
 @dataclass(frozen=True)
@@ -543,6 +554,7 @@ class Engine:
     rootless: bool = False
     selinux: bool = False  # bind mounts need relabelling for the container to use them
     local: bool = True  # it shares this machine's kernel and files: bind mounts can carry sockets
+    containerd_store: bool = False  # images are kept by containerd: an image id is its manifest's digest
 
 
 def for_engine(plan: ContainerPlan, engine: Engine) -> ContainerPlan:
@@ -593,7 +605,7 @@ class KernelFile:
 def kernel_files(
     plan: ContainerPlan, passwd: str | None = None, group: str | None = None
 ) -> list[KernelFile]:
-    """The files a kernel needs besides its home: its connection file, its notice, and its accounts.
+    """The files a kernel needs besides its home: its connection file, its start-up script, its accounts.
 
     ``passwd`` and ``group`` are the image's /etc/passwd and /etc/group: with the
     plan's identity, the container gets copies with the kernel's user in them,
@@ -601,9 +613,9 @@ def kernel_files(
     """
     connection = json.dumps(plan.connection, indent=1).encode()
     files = [KernelFile(connection_file_in(plan.channels), 0o600, connection)]
-    if plan.notice:
-        script = _NOTICE_SCRIPT.format(text=plan.notice, stream=plan.notice_stream)
-        files.append(KernelFile(notice_file_in(plan.channels), 0o644, script.encode(), root_owned=True))
+    if plan.create_kwargs.get("environment", {}).get("PYTHONSTARTUP") == startup_file_in(plan.channels):
+        script = provenance.startup_script(plan.notice, plan.notice_stream, plan.startup_chain)
+        files.append(KernelFile(startup_file_in(plan.channels), 0o644, script.encode(), root_owned=True))
     if plan.identity is not None and passwd is not None and group is not None:
         for path, image_file, merged in (
             ("/etc/passwd", passwd, merge_passwd(passwd, plan.identity, CONTAINER_HOME)),
@@ -642,7 +654,7 @@ def place_files(plan: ContainerPlan, files: Sequence[KernelFile], home: KernelFi
     """Where each of a kernel's files goes (pure); ``home`` is its home folder where that needs an owner.
 
     Where the kernel's folder carries its files (ipc on this machine), the
-    connection file and the notice go there, and the container is created and
+    connection file and the start-up script go there, and the container is created and
     started with no copy. A user's passwd and group entries are mounted
     read-only, as that user could not change them anyway; root's are copied,
     so that root can still add users and groups (a package's install does). A

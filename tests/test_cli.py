@@ -141,10 +141,11 @@ def test_list_and_uninstall(dockerkernel: Any, jupyter_dirs: Path) -> None:
     assert dockerkernel("list").out.startswith("No dockerkernel kernelspecs are installed")
     dockerkernel("install", "--image", "a/b:1", "--name", "foo", "--gpus", "2", "--no-pull")
     lines = dockerkernel("list").out.splitlines()
-    assert lines[0].split() == ["NAME", "IMAGE", "GPUS", "HOME", "VOLUME", "LOCATION", "CHANNELS"]
+    assert lines[0].split() == ["NAME", "IMAGE", "PINNED", "GPUS", "HOME", "VOLUME", "LOCATION", "CHANNELS"]
     home = f"dockerkernel-home-{os.getuid()}-foo"
-    assert lines[1].split()[:5] == ["foo", "a/b:1", "2", home, str(jupyter_dirs / "data" / "kernels" / "foo")]
-    assert lines[1].split(maxsplit=5)[5] == "ipc (private sockets)"  # an engine of this machine
+    folder = str(jupyter_dirs / "data" / "kernels" / "foo")
+    assert lines[1].split()[:6] == ["foo", "a/b:1", "-", "2", home, folder]
+    assert lines[1].split(maxsplit=6)[6] == "ipc (private sockets)"  # an engine of this machine
     assert json.loads(dockerkernel("list", "--json").out)[0]["image"] == "a/b:1"
     dockerkernel("install", "--image", "a/b:1", "--name", "far", "--host", "ssh://me@gpu-3", "--no-pull")
     far = json.loads(dockerkernel("list", "--json").out)[0]

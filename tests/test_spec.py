@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from docker.types import SecretReference
 
-from dockerkernel import errors, warm_pool
+from dockerkernel import errors, provenance, warm_pool
 from dockerkernel.channels import CONTAINER_IPC_DIR, Channels
 from dockerkernel.errors import DockerKernelError
 from dockerkernel.gpus import NVIDIA, Gpu, GpuSupport
@@ -27,8 +27,8 @@ from dockerkernel.spec import (
     LABEL_OWNER_PID,
     LABEL_OWNER_UID,
     LABEL_POOL,
-    NOTICE_STARTUP_FILE,
     PORT_NAMES,
+    STARTUP_FILE,
     ContainerPlan,
     Engine,
     KernelFile,
@@ -43,6 +43,7 @@ from dockerkernel.spec import (
     place_gpus,
     plan_container,
     with_read_only_files,
+    with_startup,
 )
 from dockerkernel.swarm import SECRET_FILE, service_kwargs
 
@@ -102,16 +103,18 @@ def test_ipc_channels_publish_no_ports_and_mount_the_kernels_own_folder() -> Non
 
 
 PASSWD, GROUP = "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n"
+RECORD = {"kernelspec": "spec", "image": "img", "image_id": "sha256:abc", "repo_digest": ""}
 
 
 def test_over_ipc_the_kernels_folder_carries_its_files_and_nothing_is_copied() -> None:
     on_cpu = place_gpus(plan(DockerSettings(image="img", gpus="auto"), channels=IPC), GpuSupport(""), [])
+    on_cpu = with_startup(on_cpu, RECORD, [])
     assert on_cpu.create_kwargs["command"][-1] == f"{CONTAINER_IPC_DIR}/kernel.json"
-    assert on_cpu.create_kwargs["environment"]["PYTHONSTARTUP"] == f"{CONTAINER_IPC_DIR}/notice.py"
+    assert on_cpu.create_kwargs["environment"]["PYTHONSTARTUP"] == f"{CONTAINER_IPC_DIR}/startup.py"
     placed = place_files(on_cpu, kernel_files(on_cpu, PASSWD, GROUP), None)
     assert [(f.path, f.mode) for f in placed.in_folder] == [
         (f"{CONTAINER_IPC_DIR}/kernel.json", 0o600),
-        (f"{CONTAINER_IPC_DIR}/notice.py", 0o644),
+        (f"{CONTAINER_IPC_DIR}/startup.py", 0o644),
     ]
     # The user's accounts are mounted read-only, never in the folder that the kernel can write.
     assert [f.path for f in placed.mounted] == ["/etc/passwd", "/etc/group"]
@@ -397,17 +400,37 @@ def test_auto_gpus_without_gpus_run_on_the_cpu_with_a_notice_in_the_notebook() -
     on_cpu = place_gpus(plan(DockerSettings(image="img", gpus="auto")), GpuSupport(""), [])
     assert "device_requests" not in on_cpu.create_kwargs
     assert (on_cpu.notice, on_cpu.notice_stream) == (GPUS_AUTO_ON_CPU, "stderr")
-    with tarfile.open(fileobj=io.BytesIO(kernel_files_archive(on_cpu))) as tar:
-        startup = tar.getmember(NOTICE_STARTUP_FILE.lstrip("/"))
+    started = with_startup(on_cpu, RECORD, [])
+    with tarfile.open(fileobj=io.BytesIO(kernel_files_archive(started))) as tar:
+        startup = tar.getmember(STARTUP_FILE.lstrip("/"))
         assert (startup.uid, startup.mode) == (0, 0o644)  # outside the home, which may be kept
         script = tar.extractfile(startup).read().decode()  # type: ignore[union-attr]
-    assert on_cpu.create_kwargs["environment"]["PYTHONSTARTUP"] == NOTICE_STARTUP_FILE
+    assert started.create_kwargs["environment"]["PYTHONSTARTUP"] == STARTUP_FILE
     compile(script, "startup", "exec")
     assert repr(GPUS_AUTO_ON_CPU) in script and "'stderr'" in script
-    # Other settings are left alone, and get no startup file.
+    # Other settings have no notice.
     assert place_gpus(plan(), GpuSupport(""), []).notice == ""
-    with tarfile.open(fileobj=io.BytesIO(kernel_files_archive(plan()))) as tar:
-        assert NOTICE_STARTUP_FILE.lstrip("/") not in tar.getnames()
+    assert repr(GPUS_AUTO_ON_CPU) not in provenance.startup_script()
+
+
+def test_the_record_goes_into_the_environment_and_a_start_up_file_of_the_image_runs_after() -> None:
+    started = with_startup(plan(), RECORD, ["PATH=/usr/bin", "PYTHONSTARTUP=/opt/image-startup.py"])
+    env = started.create_kwargs["environment"]
+    assert json.loads(env[provenance.ENVIRONMENT]) == RECORD
+    assert (env["DOCKERKERNEL_IMAGE"], env["DOCKERKERNEL_IMAGE_ID"]) == ("img", "sha256:abc")
+    assert started.startup_chain == "/opt/image-startup.py"
+    # The kernelspec's own comes first; ours is never chained to itself.
+    own = plan(spec_env={"PYTHONSTARTUP": "/home/me/s.py"})
+    assert with_startup(own, RECORD, ["PYTHONSTARTUP=/opt/x.py"]).startup_chain == "/home/me/s.py"
+    assert with_startup(started, RECORD, []).startup_chain == ""
+
+
+def test_a_record_names_the_digest_of_the_repository_it_was_run_from() -> None:
+    digests = ["other/img@sha256:1", "reg:5000/team/torch@sha256:2"]
+    assert provenance.repo_digest("reg:5000/team/torch:2.3", digests) == "reg:5000/team/torch@sha256:2"
+    assert provenance.repo_digest("reg:5000/team/torch", digests) == "reg:5000/team/torch@sha256:2"
+    assert provenance.repo_digest("local/build:1", []) == ""
+    assert provenance.repo_digest("team/torch@sha256:9", digests) == "team/torch@sha256:9"
 
 
 def test_limits_labels_init_and_privileges() -> None:
