@@ -88,6 +88,7 @@ START_STEPS = {
     "engine checks (image, left-behind)": (docker_ops, "needs_pull"),
     "create (and network)": (docker_ops, "_create"),
     "read passwd and group": (docker_ops, "_read_file"),
+    "the kernel's record": (docker_ops, "_with_record"),
     "put the files in place (folder, accounts)": (docker_ops, "_files_in_place"),
     "copy files in": (docker.models.containers.Container, "put_archive"),
     "start (and port publishing)": (docker.models.containers.Container, "start"),

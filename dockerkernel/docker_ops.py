@@ -372,7 +372,9 @@ def start_container(
     container: Container | None = None
     try:
         with _daemon_errors():
-            plan, copied = _files_in_place(client, plan)
+            image = client.api.inspect_image(plan.image)
+            plan = _with_record(client, plan, image)
+            plan, copied = _files_in_place(client, plan, str(image["Id"]))
             container = _create(client, plan)
             if created is not None:
                 created()
@@ -391,28 +393,31 @@ def start_container(
         raise
 
 
-def _files_in_place(
-    client: docker.DockerClient, plan: ContainerPlan
-) -> tuple[ContainerPlan, list[KernelFile]]:
-    """Write the kernel's files that go in through its folder; the plan with its record (provenance.py) and
-    the files it mounts, and the files to copy into the created container."""
-    image = client.api.inspect_image(plan.image)
-    engine = engine_of(client)
+def _with_record(client: docker.DockerClient, plan: ContainerPlan, image: dict[str, Any]) -> ContainerPlan:
+    """The plan with the kernel's record (see provenance.py), made from the engine's ``image`` inspection."""
+    containerd = engine_of(client).containerd_store
     record = provenance.record(
         kernelspec=plan.create_kwargs["labels"].get(LABEL_KERNELSPEC, ""),
         image=plan.installed_image or plan.image,
         run_image=plan.image,
         image_attrs=image,
-        id_kind=provenance.MANIFEST_DIGEST if engine.containerd_store else provenance.CONFIG_DIGEST,
+        id_kind=provenance.MANIFEST_DIGEST if containerd else provenance.CONFIG_DIGEST,
         gpus=[{"id": gpu, "name": name} for gpu, name in plan.gpus_given],
         docker_host=plan.host.url or os.environ.get("DOCKER_HOST", "") or "local",
         started=datetime.datetime.now(datetime.timezone.utc),
         settings=plan.settings,
     )
-    plan = with_startup(plan, record, (image.get("Config") or {}).get("Env") or [])
+    return with_startup(plan, record, (image.get("Config") or {}).get("Env") or [])
+
+
+def _files_in_place(
+    client: docker.DockerClient, plan: ContainerPlan, image_id: str
+) -> tuple[ContainerPlan, list[KernelFile]]:
+    """Write the kernel's files that go in through its folder; the plan with the files it mounts, and the
+    files to copy into the created container."""
     passwd = group = None
     if plan.identity is not None:
-        passwd, group = _image_accounts(client, str(image["Id"]))
+        passwd, group = _image_accounts(client, image_id)
     home = home_folder(plan)
     if home is not None and plan.channels.carries_files:
         volume = home_volume_of(plan)
@@ -423,7 +428,7 @@ def _files_in_place(
         target = os.path.join(plan.channels.folder, os.path.relpath(file.path, CONTAINER_IPC_DIR))
         channels.write_private(target, file.data or b"", file.mode)
     sources = {file.path: channels.account_file(file.data or b"") for file in placed.mounted}
-    return with_read_only_files(plan, sources, engine.selinux), placed.copied
+    return with_read_only_files(plan, sources, engine_of(client).selinux), placed.copied
 
 
 def _volume_exists(client: docker.DockerClient, name: str) -> bool:

@@ -60,11 +60,11 @@ class Outcome:
         """The image it ran on, with its digest, or its id where it has none."""
         if not self.record:
             return ""
-        pinned = str(self.record.get("repo_digest") or self.record.get("image_id", ""))
-        digest = pinned.rsplit("@", 1)[-1]
-        return (
-            f"{self.record.get('image', '')} ({digest[:19]})" if digest else str(self.record.get("image", ""))
+        image, digest = (
+            str(self.record.get("image", "")),
+            provenance.reference(self.record).rsplit("@", 1)[-1],
         )
+        return f"{image} ({digest[:19]})" if digest else image
 
 
 def parse_parameters(pairs: Sequence[Sequence[str]], files: Sequence[str]) -> dict[str, Any]:

@@ -389,3 +389,26 @@ def test_a_pinned_digest_is_pulled_by_its_digest(
             docker_client.images.remove(digest, force=True)
         except docker.errors.ImageNotFound:
             pass
+
+
+def test_a_recorded_digest_that_the_registry_does_not_have_is_one_sentence(
+    dockerkernel: Callable[..., Any],
+    registry: Any,
+    notebook_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_leftovers: None,
+) -> None:
+    monkeypatch.chdir(notebook_dir)
+    missing = f"{registry.address}/dockerkernel-test/pullable@sha256:{'0' * 64}"
+    record = {"image": f"{registry.address}/dockerkernel-test/pullable:1", "repo_digest": missing}
+    notebook(notebook_dir, "lost.ipynb", [new_code_cell("1")])
+    nb = nbformat.read(notebook_dir / "lost.ipynb", as_version=4)
+    nb.metadata["dockerkernel"] = {**record, "image_id": "sha256:" + "1" * 64, "settings": {}}
+    nbformat.write(nb, notebook_dir / "lost.ipynb")
+    result = dockerkernel("run", "--reproduce", "lost.ipynb", "-o", str(tmp_path / "out"))
+    assert result.code == 1
+    expected = errors.REPRODUCE_IMAGE_GONE.format(path="lost.ipynb", image=missing, reason="", fix="")
+    assert result.err.startswith(f"dockerkernel: {expected.split('(')[0]}")
+    assert "manifest unknown" in result.err or "not found" in result.err
+    assert len(result.err.strip().splitlines()) == 1

@@ -108,6 +108,10 @@ async def test_a_kernel_taken_from_the_pool_is_a_cold_one_but_for_its_own_ports_
     else:
         assert a["session"] is b["session"] is None
     del a["session"], b["session"]
+    # Each kernel's record is its own start's; in all else they agree.
+    cold_record, warm_record = (json.loads(seen["env"].pop("DOCKERKERNEL_PROVENANCE")) for seen in (a, b))
+    assert cold_record.pop("started") <= warm_record.pop("started")  # the pool filled after the cold start
+    assert cold_record == warm_record
     assert a == b
     assert a["cwd"] == str(notebook_dir)
     assert ["/dockerkernel/home", str(notebook_dir)] == sorted(
