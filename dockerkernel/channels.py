@@ -17,7 +17,7 @@ run as a user who could not use the folder.
 Each kernel folder holds an ``owner`` file naming the process that made it, so
 that the folders of a server that died are removed with its containers
 (prune()). A kernel folder also carries the kernel's connection file and
-start-up notice into the container, which then needs no copy of files before
+start-up script into the container, which then needs no copy of files before
 its start; the passwd and group entries of its user come read-only from a store
 beside the kernel folders, ``<base>/accounts/``, named by their content
 (account_file()).

@@ -125,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("pin", help="make a kernelspec start exactly the image that its tag names now")
-    p.add_argument("name")
+    p.add_argument("name", help="an installed kernelspec")
     p = sub.add_parser("unpin", help="make a kernelspec start whatever image its tag names")
-    p.add_argument("name")
+    p.add_argument("name", help="an installed kernelspec")
 
     p = sub.add_parser("list", help="list the installed dockerkernel kernelspecs")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -145,7 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("notebooks", nargs="*", metavar="NOTEBOOK")
     p.add_argument(
-        "-k", "--kernel", action="append", default=[], dest="kernels", help="an installed kernelspec"
+        "-k",
+        "--kernel",
+        action="append",
+        default=[],
+        dest="kernels",
+        metavar="KERNEL",
+        help="an installed kernelspec",
     )
     p.add_argument(
         "-o", "--output-dir", metavar="DIR", help="where results go (default: ./dockerkernel-runs/<time>/)"
@@ -159,7 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("NAME", "VALUE"),
         help="a parameter, injected after the cell tagged 'parameters' as papermill does",
     )
-    p.add_argument("-f", "--parameters-file", action="append", default=[], metavar="YAML", help="parameters")
+    p.add_argument(
+        "-f",
+        "--parameters-file",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="parameters, as a YAML mapping",
+    )
     p.add_argument("--parallel", type=int, default=1, metavar="N", help="runs at once (default: 1)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="the most one cell may take")
     p.add_argument(
