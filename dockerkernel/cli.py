@@ -591,25 +591,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise DockerKernelError(errors.RUN_NO_KERNELS)
     if not args.notebooks and not args.reproduce:
         raise DockerKernelError(errors.NOTEBOOK_MISSING.format(path="(none given)"))
-    parameters = run.parse_parameters(args.parameter, args.parameters_file)
+    options = run.Options(
+        run.parse_parameters(args.parameter, args.parameters_file), args.timeout, args.parallel
+    )
     stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     output = Path(args.output_dir or os.path.join("dockerkernel-runs", stamp))
     if not args.reproduce:
-        return _run_jobs(args, run.plan_jobs(args.notebooks, args.kernels, output), parameters, output)
-    jupyter_path = os.environ.get("JUPYTER_PATH")
+        return _run_jobs(args, run.plan_jobs(args.notebooks, args.kernels, output), options, output)
     with tempfile.TemporaryDirectory(prefix="dockerkernel-reproduce-") as specs:
-        try:
-            job = run.reproduction(Path(args.reproduce), output, args.gpus, Path(specs))
-            jobs = run.plan_jobs([args.reproduce], [job.kernel], output)
-            return _run_jobs(args, jobs, parameters, output)
-        finally:  # the recorded kernel's kernelspec goes with the folder
-            if jupyter_path is None:
-                os.environ.pop("JUPYTER_PATH", None)
-            else:
-                os.environ["JUPYTER_PATH"] = jupyter_path
+        job = run.reproduction(Path(args.reproduce), output, args.gpus, Path(specs))
+        with run.on_jupyter_path(Path(specs)):  # the recorded kernel's kernelspec goes with the folder
+            return _run_jobs(args, run.plan_jobs([args.reproduce], [job.kernel], output), options, output)
 
 
-def _run_jobs(args: argparse.Namespace, jobs: Sequence[Any], parameters: dict[str, Any], output: Any) -> int:
+def _run_jobs(args: argparse.Namespace, jobs: Sequence[Any], options: Any, output: Any) -> int:
     """Run ``jobs``, with a line of progress each, then print their table; the exit status."""
     from rich.console import Console
     from rich.live import Live
@@ -642,7 +637,7 @@ def _run_jobs(args: argparse.Namespace, jobs: Sequence[Any], parameters: dict[st
     if live is not None:
         live.start()
     try:
-        interrupted = run.run_jobs(outcomes, parameters, args.timeout, args.parallel, changed)
+        interrupted = run.run_jobs(outcomes, options, changed)
     finally:
         if live is not None:
             live.stop()

@@ -146,7 +146,13 @@ def forget(metadata: dict[str, Any]) -> None:
         language_info.pop(METADATA_KEY, None)
 
 
+def of_kernel(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The record that the notebook's kernel put in its language_info, if any."""
+    found = (metadata.get("language_info") or {}).get(METADATA_KEY)
+    return dict(found) if isinstance(found, Mapping) else None
+
+
 def of_notebook(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
     """A notebook's record: its top-level one, else the one its kernel put in language_info."""
-    found = metadata.get(METADATA_KEY) or (metadata.get("language_info") or {}).get(METADATA_KEY)
-    return dict(found) if isinstance(found, Mapping) else None
+    found = metadata.get(METADATA_KEY)
+    return dict(found) if isinstance(found, Mapping) else of_kernel(metadata)

@@ -16,7 +16,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,15 @@ class Job:
     notebook: Path
     kernel: str
     output: Path
+
+
+@dataclass(frozen=True)
+class Options:
+    """What every run of one command shares."""
+
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    timeout: float | None = None  # seconds a cell may take
+    parallel: int = 1  # runs at once
 
 
 @dataclass
@@ -138,9 +148,9 @@ def plan_jobs(notebooks: Sequence[str], kernels: Sequence[str], output: Path) ->
 def reproduction(notebook: Path, output: Path, gpus: str | None, specs: Path) -> Job:
     """A run of ``notebook`` again on the exact image its record names, with the settings it kept.
 
-    A kernelspec for it is installed under ``specs`` (put on JUPYTER_PATH for
-    this process), pinned to the record's digest, or to its id for an image
-    built where it ran. ``gpus`` replaces the recorded GPUs.
+    A kernelspec for it is installed under ``specs`` (see on_jupyter_path()),
+    pinned to the record's digest, or to its id for an image built where it
+    ran. ``gpus`` replaces the recorded GPUs.
     """
     found = provenance.of_notebook(read_notebook(notebook).metadata)
     if not found or not provenance.reference(found):
@@ -157,10 +167,21 @@ def reproduction(notebook: Path, output: Path, gpus: str | None, specs: Path) ->
     kernelspec.install(
         name=name, display_name=f"{found['image']} (reproduced)", config=config, prefix=str(specs)
     )
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(
-        p for p in (str(specs / "share" / "jupyter"), os.environ.get("JUPYTER_PATH", "")) if p
-    )
     return Job(notebook.resolve(), name, output / f"{notebook.stem}.{name}.ipynb")
+
+
+@contextmanager
+def on_jupyter_path(prefix: Path) -> Iterator[None]:
+    """While in it, Jupyter in this process also finds the kernelspecs installed under ``prefix``."""
+    saved = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(prefix / "share" / "jupyter"), saved) if p)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("JUPYTER_PATH", None)
+        else:
+            os.environ["JUPYTER_PATH"] = saved
 
 
 def _check_reproducible(notebook: Path, settings: DockerSettings) -> None:
@@ -204,20 +225,15 @@ def _first_error(cell: Mapping[str, Any]) -> str:
 
 
 async def run_one(
-    job: Job,
-    parameters: Mapping[str, Any],
-    timeout: float | None,
-    outcome: Outcome,
-    changed: Callable[[Outcome], None],
-    stopped: asyncio.Event,
+    job: Job, options: Options, outcome: Outcome, changed: Callable[[Outcome], None], stopped: asyncio.Event
 ) -> None:
     """Run ``job``, keeping ``outcome`` up to date and calling ``changed`` at each step; its notebook is
     written whatever happens. Once ``stopped`` is set (Ctrl-C), whatever ends it is an interruption."""
     read_notebook(job.notebook)  # checked again: it may have changed since the runs were planned
     nb = load_notebook_node(str(job.notebook))  # as papermill reads it, its conventions' metadata added
     provenance.forget(nb.metadata)  # this run's kernel gives its own
-    if parameters:
-        nb = parameterize_notebook(nb, dict(parameters), kernel_name=job.kernel, language="python")
+    if options.parameters:
+        nb = parameterize_notebook(nb, dict(options.parameters), kernel_name=job.kernel, language="python")
     outcome.cells, outcome.status = len(nb.cells), "running"
     changed(outcome)
 
@@ -231,7 +247,7 @@ async def run_one(
         nb,
         log=log,
         km=km,
-        timeout=timeout,
+        timeout=options.timeout,
         kernel_name=job.kernel,
         resources={"metadata": {"path": str(job.notebook.parent)}},
         on_cell_start=cell_started,
@@ -241,7 +257,7 @@ async def run_one(
         await client.async_execute(cwd=str(job.notebook.parent))
         outcome.status = "ok"
     except CellTimeoutError:
-        outcome.status, outcome.error = "timeout", f"no result within {timeout:g} s"
+        outcome.status, outcome.error = "timeout", f"no result within {options.timeout:g} s"
     except CellExecutionError:
         outcome.status = "failed"
         outcome.error = _first_error(nb.cells[outcome.cell - 1]) if outcome.cell else "the run failed"
@@ -261,33 +277,28 @@ async def run_one(
             client.kc.stop_channels()
         if km.has_kernel:
             await asyncio.shield(km.shutdown_kernel(now=True))
-        outcome.record = provenance.of_notebook(nb.metadata) or {}
+        outcome.record = provenance.of_kernel(nb.metadata) or {}
         if outcome.record:
             nb.metadata[provenance.METADATA_KEY] = outcome.record
         nbformat.write(nb, job.output)  # type: ignore[no-untyped-call]
         changed(outcome)
 
 
-async def run_all(
-    outcomes: Sequence[Outcome],
-    parameters: Mapping[str, Any],
-    timeout: float | None,
-    parallel: int,
-    changed: Callable[[Outcome], None],
-) -> bool:
-    """Run each outcome's job, ``parallel`` at once, filling in the outcomes; whether a signal stopped them.
+async def run_all(outcomes: Sequence[Outcome], options: Options, changed: Callable[[Outcome], None]) -> bool:
+    """Run each outcome's job, ``options.parallel`` at once, filling in the outcomes; whether a signal
+    stopped them.
 
     On Ctrl-C (SIGINT) or SIGTERM, every run is cancelled: each shuts its kernel
     down and writes its notebook as far as it got, and the runs not started are
     marked interrupted. Run it in a RunLoop, which keeps these handlers in place.
     """
-    slots = asyncio.Semaphore(max(parallel, 1))
+    slots = asyncio.Semaphore(max(options.parallel, 1))
     stopped = asyncio.Event()
 
     async def one(outcome: Outcome) -> None:
         async with slots:
             if not stopped.is_set():
-                await run_one(outcome.job, parameters, timeout, outcome, changed, stopped)
+                await run_one(outcome.job, options, outcome, changed, stopped)
 
     tasks = [asyncio.ensure_future(one(o)) for o in outcomes]
 
@@ -351,18 +362,12 @@ class _signals_stop:
             self.loop.remove_signal_handler(sig)
 
 
-def run_jobs(
-    outcomes: Sequence[Outcome],
-    parameters: Mapping[str, Any],
-    timeout: float | None,
-    parallel: int,
-    changed: Callable[[Outcome], None],
-) -> bool:
+def run_jobs(outcomes: Sequence[Outcome], options: Options, changed: Callable[[Outcome], None]) -> bool:
     """run_all() in a RunLoop of its own, as asyncio.run() would run it; whether a signal stopped it."""
     loop = RunLoop()
     asyncio.set_event_loop(loop)  # nbclient asks for the current one
     try:
-        return loop.run_until_complete(run_all(outcomes, parameters, timeout, parallel, changed))
+        return loop.run_until_complete(run_all(outcomes, options, changed))
     finally:
         left = asyncio.all_tasks(loop)  # nbclient's watchers of a run that was stopped
         for task in left:

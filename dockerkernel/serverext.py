@@ -33,8 +33,8 @@ def keep_record(model: dict[str, Any], **kwargs: Any) -> None:
     if model.get("type") != "notebook" or not isinstance(model.get("content"), dict):
         return
     metadata = model["content"].setdefault("metadata", {})
-    found = (metadata.get("language_info") or {}).get(provenance.METADATA_KEY)
-    if isinstance(found, dict):
+    found = provenance.of_kernel(metadata)
+    if found is not None:
         metadata[provenance.METADATA_KEY] = found
 
 
