@@ -44,9 +44,9 @@ from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
 from tornado.httpclient import AsyncHTTPClient
 
-from dockerkernel import docker_ops, provisioner, warm_pool
+from dockerkernel import launch, provisioner, warm_pool
 from dockerkernel.cli import main as dockerkernel
-from dockerkernel.spec import LABEL_KERNEL_ID, POOL_NAME_PREFIX
+from dockerkernel.labels import LABEL_KERNEL_ID, POOL_NAME_PREFIX
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,11 +85,10 @@ def _timed(step: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 START_STEPS = {
     "plan (ports, connection file, plan)": (provisioner.DockerProvisioner, "pre_launch"),
-    "engine checks (image, left-behind)": (docker_ops, "needs_pull"),
-    "create (and network)": (docker_ops, "_create"),
-    "read passwd and group": (docker_ops, "_read_file"),
-    "the kernel's record": (docker_ops, "_with_record"),
-    "put the files in place (folder, accounts)": (docker_ops, "_files_in_place"),
+    "engine checks (image, left-behind)": (launch, "ensure_image"),
+    "gather (engine, image, accounts, home)": (launch, "gather"),
+    "finish the plan": (launch, "finish"),
+    "create (and network)": (launch, "create"),
     "copy files in": (docker.models.containers.Container, "put_archive"),
     "start (and port publishing)": (docker.models.containers.Container, "start"),
     "take from the warm pool": (warm_pool.WarmPool, "take"),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import docker
 
-from dockerkernel.spec import home_volume_name
+from dockerkernel.labels import home_volume_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))

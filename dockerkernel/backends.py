@@ -15,13 +15,24 @@ import signal
 import socket
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from . import docker_ops, errors, swarm
+from . import errors, swarm
+from .engine.connect import daemon_errors, get_client
+from .engine.containers import (
+    last_log_line,
+    leave_behind,
+    prune_orphans,
+    remove_container,
+    rename_container,
+    signal_container,
+    waiting_in_pool,
+)
 from .errors import DockerKernelError, NotSignalable
 from .hosts import DockerHost
-from .spec import ContainerPlan, published_on
+from .launch import start_kernel
+from .plan import ContainerPlan
 from .ssh import SshHost
 
 KernelLog = logging.Logger | logging.LoggerAdapter[Any]
@@ -77,7 +88,7 @@ class ContainerBackend:
         self._publish_ip = ""
 
     def _client(self) -> Any:
-        return docker_ops.get_client(self.host)
+        return get_client(self.host)
 
     def publish_ip(self) -> str:
         """The address of the Docker host on which the kernel's ports are published: its
@@ -96,13 +107,13 @@ class ContainerBackend:
         self, plan: ContainerPlan, pull_policy: str, log: KernelLog, cancelled: threading.Event
     ) -> Launched:
         if self.host.scheme == "tcp":
-            plan = published_on(plan, self.publish_ip())
-        ports = [int(binding[1]) for binding in plan.create_kwargs.get("ports", {}).values()]
+            plan = replace(plan, publish_ip=self.publish_ip())
+        ports = list(plan.ports)
         tunnel = SshHost.of(self.host.url) if self.host.scheme == "ssh" else None
         if tunnel is not None:
             tunnel.forward(ports)  # first: a port taken here is tried again with others
         try:
-            container_id, exit_status = docker_ops.run_kernel_container(plan, pull_policy, log, cancelled)
+            container_id, exit_status = start_kernel(plan, pull_policy, log, cancelled)
         except BaseException:
             if tunnel is not None:
                 tunnel.unforward(ports)
@@ -112,18 +123,18 @@ class ContainerBackend:
         return Launched(container_id, exit_status, self.publish_ip())
 
     def signal(self, handle: str, signum: int) -> None:
-        docker_ops.signal_container(self._client(), handle, signum)
+        signal_container(self._client(), handle, signum)
 
     def last_words(self, handle: str) -> str:
-        return docker_ops.last_log_line(self._client(), handle)
+        return last_log_line(self._client(), handle)
 
     def remove(self, handle: str) -> None:
-        docker_ops.remove_container(self._client(), handle)
+        remove_container(self._client(), handle)
         self._unforward(handle)
 
     def leave_behind(self, handle: str) -> None:
         self._unforward(handle)
-        docker_ops.leave_behind(self._client(), handle)
+        leave_behind(self._client(), handle)
 
     def _unforward(self, handle: str) -> None:
         ports = self._forwarded.pop(handle, None)
@@ -131,7 +142,15 @@ class ContainerBackend:
             SshHost.of(self.host.url).unforward(ports)
 
     def prune_orphans(self) -> list[str]:
-        return docker_ops.prune_orphans(self._client())
+        return prune_orphans(self._client())
+
+    def rename(self, handle: str, name: str) -> None:
+        """Give the kernel's container another name: a pooled kernel's, once a start takes it."""
+        rename_container(self._client(), handle, name)
+
+    def waiting_in_pool(self, **labels: str) -> list[str]:
+        """The pooled kernels with ``labels`` that no start has taken."""
+        return [c.id for c in waiting_in_pool(self._client(), **labels)]
 
 
 class SwarmBackend:
@@ -154,7 +173,7 @@ class SwarmBackend:
         self._node = ""  # the node that the kernel's first start landed on
 
     def _client(self) -> Any:
-        return docker_ops.get_client(self.host)
+        return get_client(self.host)
 
     def launch(
         self, plan: ContainerPlan, pull_policy: str, log: KernelLog, cancelled: threading.Event
@@ -167,7 +186,7 @@ class SwarmBackend:
         exit_status, stop = swarm.watch_task(client, placed.service_id)
         self._placed[placed.service_id] = placed
         self._watches[placed.service_id] = stop
-        log.info("Kernel %s: the swarm placed it at %s", plan.create_kwargs["name"], placed.node_address)
+        log.info("Kernel %s: the swarm placed it at %s", plan.name, placed.node_address)
         return Launched(placed.service_id, exit_status, placed.node_address)
 
     def signal(self, handle: str, signum: int) -> None:
@@ -176,7 +195,7 @@ class SwarmBackend:
             return
         client = self._client()
         if placed.node_id == self._manager_node(client) and placed.container_id:
-            docker_ops.signal_container(client, placed.container_id, signum)
+            signal_container(client, placed.container_id, signum)
         elif signum == signal.SIGINT:
             where = placed.node_address
             raise NotSignalable(f"the kernel runs on node {where}, whose engine is not reachable from here")
@@ -185,7 +204,7 @@ class SwarmBackend:
 
     def _manager_node(self, client: Any) -> str:
         if not self._manager:
-            with docker_ops._daemon_errors():
+            with daemon_errors():
                 self._manager = str(client.info().get("Swarm", {}).get("NodeID", ""))
         return self._manager
 
@@ -212,5 +231,5 @@ class SwarmBackend:
 def prune_host(host: DockerHost) -> list[str]:
     """Remove this user's kernels on ``host`` whose server or launcher is gone: containers, and
     services where it manages a swarm. Their ids."""
-    client = docker_ops.get_client(host)
-    return docker_ops.prune_orphans(client) + swarm.prune_orphans(client, os.getuid())
+    client = get_client(host)
+    return prune_orphans(client) + swarm.prune_orphans(client, os.getuid())

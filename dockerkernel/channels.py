@@ -20,7 +20,7 @@ that the folders of a server that died are removed with its containers
 start-up script into the container, which then needs no copy of files before
 its start; the passwd and group entries of its user come read-only from a store
 beside the kernel folders, ``<base>/accounts/``, named by their content
-(account_file()).
+(account_path()).
 """
 
 from __future__ import annotations
@@ -189,23 +189,24 @@ def write_private(path: str, data: bytes, mode: int) -> None:
         f.write(data)
 
 
-def account_file(data: bytes) -> str:
-    """The path of a file in this user's private store with ``data`` (a passwd or group file), made if
-    need be.
+def account_path(kernel_folder: str, data: bytes) -> str:
+    """Where a file with ``data`` (a passwd or group file) is kept, in the store beside ``kernel_folder``.
 
     It is bind-mounted read-only at /etc/passwd or /etc/group, and never into a
     container otherwise, so a kernel cannot change the accounts it runs under.
     Named by its content: kernels of one image and user share it, and a
     running kernel's file is never rewritten.
     """
-    store = os.path.join(base_folder(), ACCOUNTS)
-    _private_folder(store)
-    path = os.path.join(store, hashlib.sha256(data).hexdigest()[:32])
+    return os.path.join(os.path.dirname(kernel_folder), ACCOUNTS, hashlib.sha256(data).hexdigest()[:32])
+
+
+def store_account_file(path: str, data: bytes) -> None:
+    """Keep ``data`` at ``path`` (see account_path), once: whole or absent, for a start beside this one."""
+    _private_folder(os.path.dirname(path))
     if not os.path.exists(path):
         partial = f"{path}.{secrets.token_hex(4)}"
         write_private(partial, data, 0o644)
-        os.replace(partial, path)  # whole or absent, for a start beside this one
-    return path
+        os.replace(partial, path)
 
 
 def remove_kernel_folder(path: str) -> None:

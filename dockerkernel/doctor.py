@@ -9,11 +9,15 @@ import docker
 from jupyter_core.paths import jupyter_config_path
 from jupyter_server.extension.config import ExtensionConfigManager
 
-from . import channels, docker_ops, gpus, images, kernelspec
-from .config import make_settings
+from . import channels, gpus, images, kernelspec
+from .engine.connect import daemon_errors, get_client
+from .engine.gpus import gpu_holdings, gpu_support
+from .engine.images import needs_pull
 from .errors import DockerKernelError
 from .hosts import DockerHost
+from .launch import channels_for
 from .settings import DEFAULT_KERNEL_CMD, DockerSettings
+from .validation import make_settings
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,8 @@ def engine_checks(
     """The engine ``host``, its GPUs and its kernels' images; the rest is skipped when it is unreachable."""
     name = f"Docker daemon {host.url}" if host.url else "Docker daemon"
     try:
-        client = docker_ops.get_client(host)
-        with docker_ops._daemon_errors():
+        client = get_client(host)
+        with daemon_errors():
             version = client.version()
     except DockerKernelError as e:
         yield Check(name, False, str(e))
@@ -67,7 +71,7 @@ def gpu_checks(client: docker.DockerClient, kernels: list[kernelspec.InstalledKe
             "GPUs", False, "no installed kernel's image is present to ask the daemon for GPUs with: pull one."
         )
         return
-    support = docker_ops.gpu_support(client, image, fresh=True)
+    support = gpu_support(client, image, fresh=True)
     if not support.available:
         yield Check(
             "GPUs",
@@ -87,7 +91,7 @@ def gpu_checks(client: docker.DockerClient, kernels: list[kernelspec.InstalledKe
         )
         return
     yield Check("GPUs", True, f"{len(support.gpus)} through {METHODS[support.method]}, {support.detail}")
-    holdings = docker_ops.gpu_holdings(client, support.gpus)
+    holdings = gpu_holdings(client, support.gpus)
     for gpu in support.gpus:
         who = [h.describe() for h in holdings if gpu.id in h.ids]
         held = f"held by {', '.join(who)}" if who else "free"
@@ -116,7 +120,7 @@ def kernel_check(client: docker.DockerClient, kernel: kernelspec.InstalledKernel
         )
     try:
         settings = make_settings(DockerSettings, kernelspec.config_of(kernel.name), kernel.name)
-        carried = docker_ops.channels_for(settings).describe()
+        carried = channels_for(settings).describe()
     except DockerKernelError as e:
         return Check(name, False, str(e))
     return Check(
@@ -151,6 +155,6 @@ def extension_check() -> Check:
 
 def _present(client: docker.DockerClient, image: str) -> bool:
     try:
-        return not docker_ops.needs_pull(client, image, "missing")
+        return not needs_pull(client, image, "missing")
     except DockerKernelError:
         return False

@@ -262,6 +262,10 @@ WARM_POOL_WITH_GPUS = (
     "Kernel '{kernel}' asks for GPUs (gpus {gpus}) and a warm pool of {size}: pooled kernels would "
     "hold GPUs that nobody uses, so GPU kernels are never pooled; drop the warm pool, or the GPUs."
 )
+SWARM_SETTING_REFUSED = (
+    "Kernel '{kernel}' sets {setting} to {value}, which a Docker Swarm service cannot honour: "
+    "on a swarm, {setting} can be {instead}; change it, or run the kernel on one engine (without --swarm)."
+)
 WARM_POOL_NOT_LOCAL = (
     "Kernel '{kernel}' has a warm pool of {size} on {where}: the warm pool works with this "
     "machine's Docker engine only; drop the warm pool, or run the kernel on this machine."

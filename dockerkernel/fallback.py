@@ -14,6 +14,10 @@ environment (ipykernel is a dependency of dockerkernel).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
 from typing import Any
 
 from ipykernel.kernelapp import IPKernelApp
@@ -23,6 +27,22 @@ from . import __version__
 
 MESSAGE_ENV = "DOCKERKERNEL_FALLBACK_MESSAGE"
 ENAME = "DockerKernelError"
+
+
+def start(connection_file: str, message: str) -> tuple[subprocess.Popen[bytes], Future[int]]:
+    """Run the fallback kernel on the host, on the channels of ``connection_file``; it shows ``message``.
+
+    Returns the process and a future for its exit status.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dockerkernel.fallback", "-f", connection_file],
+        env={**os.environ, MESSAGE_ENV: message},
+        stdin=subprocess.DEVNULL,
+    )
+    status: Future[int] = Future()
+    status.set_running_or_notify_cancel()
+    threading.Thread(target=lambda: status.set_result(process.wait()), daemon=True).start()
+    return process, status
 
 
 class FallbackKernel(Kernel):

@@ -1,7 +1,7 @@
 """A daemon's GPUs, who holds them, and which ones a new kernel gets: pure data and choices.
 
-docker_ops asks the daemon (a throwaway container with every GPU, running
-nvidia-smi) and lists the kernels that hold GPUs; spec.place_gpus turns the
+engine.gpus asks the daemon (a throwaway container with every GPU, running
+nvidia-smi) and lists the kernels that hold GPUs; plan.place_gpus turns the
 choice made here into the container's device requests. Standard library only,
 so that the parsing can be checked wherever nvidia-smi runs.
 """

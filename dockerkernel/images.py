@@ -30,7 +30,9 @@ import docker
 import requests
 from docker.errors import APIError, BuildError, ImageNotFound
 
-from . import docker_ops, errors
+from . import errors
+from .engine.connect import cause, daemon_errors, untimed_api
+from .engine.containers import run_once
 from .errors import DockerKernelError
 
 # Python 2 and 3: what a kernel needs to know about the image's Python.
@@ -92,7 +94,7 @@ _probed: dict[tuple[str, str], ImageProbe] = {}  # by image id, which names the 
 
 def probe(client: docker.DockerClient, image: str, python: str) -> ImageProbe:
     """Run ``python`` in ``image`` once, with no network, and report what it found."""
-    with docker_ops._daemon_errors():
+    with daemon_errors():
         try:
             image_id = str(client.images.get(image).id)
         except ImageNotFound:
@@ -103,7 +105,7 @@ def probe(client: docker.DockerClient, image: str, python: str) -> ImageProbe:
 
 
 def _run_probe(client: docker.DockerClient, image: str, image_id: str, python: str) -> ImageProbe:
-    status, out, err = docker_ops.run_once(client, image, [python, "-c", PROBE_SCRIPT])
+    status, out, err = run_once(client, image, [python, "-c", PROBE_SCRIPT])
     if status is None or status in (126, 127):
         raise DockerKernelError(errors.NO_PYTHON.format(image=image, python=python))
     if status != 0:
@@ -193,7 +195,7 @@ USER {user}
 def add_ipykernel(client: docker.DockerClient, base: str, python: str, found: ImageProbe, show: Show) -> str:
     """Build (or find) the kernel-ready image on top of ``base``; returns its tag."""
     tag = derived_tag(base, found.image_id)
-    with docker_ops._daemon_errors():
+    with daemon_errors():
         try:
             client.images.get(tag)
             show(f"Kernel-ready image {tag} is present.")
@@ -220,7 +222,7 @@ def build(
     labels: dict[str, str] | None = None,
 ) -> None:
     """``docker build`` of ``context``, showing its output; an error names ``what`` and the failed step."""
-    with docker_ops._untimed_api(client) as api, docker_ops._daemon_errors():
+    with untimed_api(client) as api, daemon_errors():
         try:
             for chunk in api.build(
                 path=context,
@@ -238,7 +240,7 @@ def build(
                 if text:
                     show(text)
         except (APIError, BuildError, requests.exceptions.RequestException) as e:
-            reason = docker_ops._reason(e)
+            reason = cause(e)
             raise DockerKernelError(errors.BUILD_FAILED.format(what=what, reason=reason)) from e
 
 

@@ -14,11 +14,11 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel, _is_valid_kernel_name
 
 from . import errors
-from .config import make_settings
 from .errors import DockerKernelError
 from .hosts import DockerHost
+from .labels import home_volume_name
 from .settings import DockerSettings
-from .spec import home_volume_name
+from .validation import make_settings
 
 PROVISIONER_NAME = "docker-provisioner"
 PRESETS_PACKAGE = "dockerkernel.presets"

@@ -25,14 +25,16 @@ from types import FrameType
 
 from jupyter_client.kernelspec import KernelSpec
 
-from . import docker_ops, errors, policy
+from . import errors, policy
 from .backends import ContainerBackend
 from .channels import Channels
-from .config import check_launchable, make_settings
+from .engine.owners import this_process_owner
 from .errors import DockerKernelError
 from .identity import host_identity
+from .launch import channels_for
+from .plan import draft
 from .settings import DockerSettings
-from .spec import plan_container
+from .validation import check_launchable, make_settings
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -91,12 +93,12 @@ def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] =
     channels = Channels()  # the client chose them: tcp ports, or ipc sockets in a folder of its own
     if connection_info.get("transport") == "ipc":
         settings.channels = "ipc"  # the client's choice: IPC_IMPOSSIBLE where the engine cannot carry it
-        docker_ops.channels_for(settings)
+        channels_for(settings)
         ip = os.path.abspath(connection_info["ip"])
         # A folder of the client's, maybe shared with its other kernels: the files are copied in.
         channels = Channels("ipc", folder=os.path.dirname(ip), prefix=os.path.basename(ip), own_folder=False)
 
-    plan = plan_container(
+    plan = draft(
         settings,
         kernel_id=kernel_id_from(connection_file),
         kernel_name=name,
@@ -106,7 +108,7 @@ def launch(spec_dir: str, connection_file: str, extra_arguments: Sequence[str] =
         spec_env={k: os.environ.get(k, v) for k, v in spec.env.items()},
         launch_env=os.environ,
         extra_arguments=extra_arguments,
-        owner=docker_ops.this_process_owner(),
+        owner=this_process_owner(),
         identity=host_identity(),
         client_cwd=cwd,
         channels=channels,

@@ -26,8 +26,8 @@ from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader
 
 from . import errors
 from .errors import DockerKernelError
+from .kernel_files import within
 from .settings import DockerSettings, parse_gpus, parse_volume
-from .spec import within
 
 POLICY_FILE = "/etc/dockerkernel/policy.json"
 POLICY_FILE_VARIABLE = "DOCKERKERNEL_POLICY_FILE"  # another file, for tests and odd installs

@@ -1,6 +1,6 @@
 """What a notebook was run on: the record that every dockerkernel kernel carries, and reports.
 
-At each start (docker_ops.start_container), the engine is asked about the
+At each start (launch.gather), the engine is asked about the
 image, and the record is made from the answer and the plan (record()): the
 kernelspec, the image as installed and as run, its digest and id, the GPUs
 given, the Docker host, dockerkernel's version and the start time. It goes into

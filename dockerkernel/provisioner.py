@@ -12,13 +12,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -26,16 +25,18 @@ from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, TraitError
 
-from . import channels, docker_ops, errors, fallback, policy, warm_pool
+from . import channels, errors, fallback, policy, warm_pool
 from .backends import Backend, ContainerBackend, Launched, SwarmBackend
 from .channels import IPC_PORTS, Channels
-from .config import check_launchable, check_setting_names, check_warm_pool
+from .engine.owners import this_process_owner
 from .errors import DockerKernelError, NotSignalable, PortTaken
 from .identity import host_identity
+from .labels import LABEL_POOL, Owner
+from .launch import channels_for
+from .plan import PORT_NAMES, ContainerPlan, draft
 from .settings import DockerSettings
-from .spec import LABEL_POOL, PORT_NAMES, ContainerPlan, Owner, plan_container
-
-T = TypeVar("T")
+from .threads import executor, in_own_thread, in_thread
+from .validation import check_launchable, check_setting_names, check_warm_pool
 
 PORT_ATTEMPTS = 3  # starts tried when another program takes a chosen port first
 SHUTDOWN_WAIT = 1.0  # seconds shutdown_requested() waits for the kernel's exit
@@ -44,49 +45,6 @@ RESTART_WAIT = 60.0  # seconds a restart waits for the new kernel's first heartb
 CLIENT_RECONNECT = 0.1
 
 _MANAGER_KWARGS = ("kernel_id", "kernel_spec", "parent", "config", "log")
-
-# The Docker SDK blocks, so every call runs in these threads, never on the
-# server's event loop. A pool of its own keeps long pulls from starving the
-# loop's default executor, which the server uses for other work.
-_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dockerkernel")
-
-
-async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(_executor, fn, *args)
-
-
-async def _in_own_thread(
-    name: str,
-    fn: Callable[[], T],
-    if_cancelled: Callable[[T], None],
-    cancelled: threading.Event | None = None,
-) -> T:
-    """``fn()`` in a daemon thread of its own, for a call that may take long and can be cancelled.
-
-    A cancelled await returns at once: ``cancelled`` is set, and the thread's
-    result, once there is one, goes to ``if_cancelled``, which undoes it.
-    """
-    done: Future[T] = Future()
-    done.set_running_or_notify_cancel()  # so that a cancelled await cannot cancel it
-
-    def run() -> None:
-        try:
-            done.set_result(fn())
-        except BaseException as e:
-            done.set_exception(e)
-
-    def undo(finished: Future[T]) -> None:
-        if finished.exception() is None:
-            if_cancelled(finished.result())
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    try:
-        return await asyncio.wrap_future(done)
-    except asyncio.CancelledError:
-        if cancelled is not None:
-            cancelled.set()
-        done.add_done_callback(undo)
-        raise
 
 
 class KernelState(enum.Enum):
@@ -208,7 +166,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
                 self._fallback.send_signal(signum)
         elif self.container_id is not None:
             try:
-                await _in_thread(self._backend.signal, self.container_id, signum)
+                await in_thread(self._backend.signal, self.container_id, signum)
             except NotSignalable as e:  # only ever for SIGINT
                 self.log.debug("Kernel %s: interrupted by a message: %s", self.kernel_id, e)
                 self._send_interrupt_request()
@@ -255,7 +213,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         with self._deferred_if_fallback():
             policy.check(self, self.kernel_name, self.config)
             check_launchable(self, self.kernel_name, cwd)
-        owner = docker_ops.this_process_owner()
+        owner = this_process_owner()
         if first_start:
             # The same channels, sockets or ports, are kept across restarts, as for local kernels.
             await self._choose_channels(km, owner)
@@ -274,7 +232,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         """
         self._channels = Channels()
         with self._deferred_if_fallback():
-            chosen = await _in_thread(docker_ops.channels_for, self)
+            chosen = await in_thread(channels_for, self)
             if chosen.transport == "ipc":
                 self._use_ipc(km, replace(chosen, folder=channels.new_kernel_folder(owner.labels())))
                 return
@@ -312,12 +270,12 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             channels=self._channels,
         )
         with self._deferred_if_fallback():
-            self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
+            self._plan = draft(self, connection_info=self.connection_info, **self._plan_args)
         if self._first_start and self._plan is not None and self._pool_size():
             pooled = await self._take_pooled(self._plan)
             if pooled is not None:
                 self._adopt_ports_and_key(km, pooled, env)
-        kwargs["cmd"] = self._plan.create_kwargs["command"] if self._plan else []
+        kwargs["cmd"] = list(self._plan.command) if self._plan else []
         return kwargs
 
     def _use_ipc(self, km: Any, own: Channels) -> None:
@@ -344,7 +302,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             if taken is not None:
                 warm_pool.POOL.discard(taken)
 
-        return await _in_own_thread(
+        return await in_own_thread(
             f"dockerkernel-take-{self.kernel_id}",
             lambda: warm_pool.POOL.take(self.kernel_name, plan),
             give_back,
@@ -370,8 +328,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         km.write_connection_file(jupyter_session=env.get("JPY_SESSION_NAME", ""))
         self.connection_info = km.get_connection_info()
         # Its container's plan, in the notebook's folder, where launch_kernel() moves it.
-        working_dir = {**pooled.plan.create_kwargs, "working_dir": self._plan_args["cwd"]}
-        self._plan, self._pooled = replace(pooled.plan, create_kwargs=working_dir), pooled
+        self._plan, self._pooled = replace(pooled.plan, working_dir=self._plan_args["cwd"]), pooled
         self._session_name = env.get("JPY_SESSION_NAME")
 
     def _fill_pool(self) -> None:
@@ -385,13 +342,12 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             own = self._channels  # a pooled kernel's sockets are in a folder of its own
             if own.transport == "ipc":
                 own = replace(own, folder=os.path.dirname(str(connection["ip"])))
-            plan = plan_container(
+            plan = draft(
                 self,
                 connection_info=connection,
                 **{**args, "kernel_id": warm_pool.pool_kernel_id(), "channels": own},
             )
-            labels = {**plan.create_kwargs["labels"], LABEL_POOL: "1"}
-            return replace(plan, create_kwargs={**plan.create_kwargs, "labels": labels})
+            return replace(plan, labels={**plan.labels, LABEL_POOL: "1"})
 
         warm_pool.POOL.fill(self.kernel_name, size, plan_for, self.connection_info, self.warm_pool_idle)
 
@@ -504,19 +460,16 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         pooled, self._pooled = self._pooled, None
         assert pooled is not None
 
-        def adopt() -> None:
-            client = docker_ops.get_client(pooled.plan.host)
-            docker_ops.rename_container(client, pooled.container_id, f"dockerkernel-{self.kernel_id}")
-            warm_pool.settle(pooled.connection, self._session_name, self._plan_args["cwd"])
-
         try:
-            await _in_thread(adopt)
+            await in_thread(
+                warm_pool.adopt, pooled, str(self.kernel_id), self._session_name, self._plan_args["cwd"]
+            )
         except DockerKernelError as e:
             self.log.warning(
                 "Kernel %s: the pooled kernel could not be taken (%s); starting one", self.kernel_id, e
             )
-            await _in_thread(self._remove, pooled.container_id)
-            self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
+            await in_thread(self._remove, pooled.container_id)
+            self._plan = draft(self, connection_info=self.connection_info, **self._plan_args)
             return None
         self.log.info("Kernel %s: taken from the warm pool", self.kernel_id)
         return Launched(pooled.container_id, pooled.exit)
@@ -525,7 +478,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
         assert self._plan is not None
         for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
-                return await self._start_in_thread(self._plan)
+                return await self._startin_thread(self._plan)
             except PortTaken as e:
                 if attempt == PORT_ATTEMPTS:
                     raise
@@ -534,10 +487,10 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
                 self.log.info("Kernel %s: %s; trying other ports", self.kernel_id, e)
                 self._choose_ports()
                 self.connection_info = self.parent.get_connection_info()  # type: ignore[union-attr]
-                self._plan = plan_container(self, connection_info=self.connection_info, **self._plan_args)
+                self._plan = draft(self, connection_info=self.connection_info, **self._plan_args)
         raise AssertionError("unreachable")
 
-    async def _start_in_thread(self, plan: ContainerPlan) -> Launched:
+    async def _startin_thread(self, plan: ContainerPlan) -> Launched:
         """The backend's launch, in a thread of its own, for a start that can be cancelled.
 
         A pull can take minutes. If the start is cancelled meanwhile (Ctrl-C in
@@ -560,7 +513,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
                     "Kernel %s: container %s is left behind: %s", self.kernel_id, container_id[:12], e
                 )
 
-        return await _in_own_thread(
+        return await in_own_thread(
             f"dockerkernel-start-{self.kernel_id}",
             lambda: self._backend.launch(plan, self.pull_policy, self.log, cancelled),
             remove,
@@ -607,17 +560,9 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             fd = os.open(connection_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump(info, f)
-        self._fallback = subprocess.Popen(
-            [sys.executable, "-m", "dockerkernel.fallback", "-f", connection_file],
-            env={**os.environ, fallback.MESSAGE_ENV: message},
-            stdin=subprocess.DEVNULL,
-        )
+        self._fallback, self._exit = fallback.start(connection_file, message)
         self._early_exit = ""  # a restart by the user tries the container again
         self._state = KernelState.FALLBACK
-        self._exit = Future()
-        self._exit.set_running_or_notify_cancel()
-        process, status = self._fallback, self._exit
-        threading.Thread(target=lambda: status.set_result(process.wait()), daemon=True).start()
 
     async def cleanup(self, restart: bool = False) -> None:
         """Remove the container; when not restarting, also give the ports back.
@@ -632,7 +577,7 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
             process, self._fallback = self._fallback, None
             if process.poll() is None:
                 process.kill()
-            await _in_thread(process.wait)
+            await in_thread(process.wait)
         if self.container_id is not None:  # launched, or known from load_provisioner_info()
             kernel, handle = self._kernel, self.container_id
             self._kernel = self.container_id = None
@@ -644,12 +589,12 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
                     self._early_exit = await self._why_it_died(handle, status)
                     self.log.error("Kernel %s: %s", self.kernel_id, self._early_exit)
             if restart:  # the new container takes the old one's name: it must be gone first
-                await _in_thread(self._remove, handle)
+                await in_thread(self._remove, handle)
             else:
                 # The client's shutdown ends at the kernel's exit, as with a local kernel; the
                 # engine releases the container's network and ports meanwhile. The executor's
                 # threads finish their work before this process exits.
-                _executor.submit(self._remove, handle)
+                executor.submit(self._remove, handle)
         self._state = KernelState.NONE
         with suppress(OSError):  # written by _start_fallback() for a kernel of another host
             os.remove(f"{self.parent.connection_file}.fallback.json")  # type: ignore[union-attr]
@@ -684,9 +629,9 @@ class DockerProvisioner(DockerSettings, KernelProvisionerBase):  # type: ignore[
     async def _why_it_died(self, container_id: str, status: int) -> str:
         """The sentence for a kernel that exited during start-up, from its container's last words."""
         if status == 127 and self._plan is not None:  # the init process found no such command
-            command = self._plan.create_kwargs["command"][0]
+            command = self._plan.command[0]
             return errors.KERNEL_CMD_NOT_FOUND.format(image=self.image, command=command)
-        reason = await _in_thread(self._backend.last_words, container_id)
+        reason = await in_thread(self._backend.last_words, container_id)
         return errors.EXITED_DURING_STARTUP.format(image=self.image, status=status, reason=reason)
 
     async def get_provisioner_info(self) -> dict[str, Any]:

@@ -31,10 +31,12 @@ from papermill.cli import _resolve_type
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from . import docker_ops, errors, kernelspec, provenance
-from .config import make_settings
+from . import errors, kernelspec, provenance
+from .engine.connect import get_client
+from .engine.images import image_present, pull_image
 from .errors import DockerKernelError, ImageUnavailable
 from .settings import DockerSettings
+from .validation import make_settings
 
 
 @dataclass(frozen=True)
@@ -186,9 +188,9 @@ def on_jupyter_path(prefix: Path) -> Iterator[None]:
 
 def _check_reproducible(notebook: Path, settings: DockerSettings) -> None:
     """The recorded image is on the engine, or is pulled by its digest now; else a sentence."""
-    client = docker_ops.get_client(settings.host())
+    client = get_client(settings.host())
     image = settings.pinned_image
-    if docker_ops.image_present(client, image):
+    if image_present(client, image):
         return
     if image.startswith("sha256:"):
         reason = "it was built on the Docker host it ran on, and no registry has it"
@@ -197,7 +199,7 @@ def _check_reproducible(notebook: Path, settings: DockerSettings) -> None:
             errors.REPRODUCE_IMAGE_GONE.format(path=notebook, image=image, reason=reason, fix=fix)
         )
     try:
-        docker_ops.pull_image(client, image)
+        pull_image(client, image)
     except ImageUnavailable as e:
         fix = "log in to its registry with `docker login` if it needs it, or ask whoever pushed it."
         raise DockerKernelError(

@@ -23,8 +23,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from . import channels, docker_ops, kernelspec, provenance
+from . import channels, kernelspec, provenance
 from .backends import prune_host
+from .engine.owners import owner_alive
 from .errors import DockerKernelError
 
 
@@ -48,7 +49,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     serverapp.contents_manager.register_pre_save_hook(keep_record)
 
     def prune() -> None:
-        channels.prune(docker_ops.owner_alive)  # the sockets' folders of this user's dead servers
+        channels.prune(owner_alive)  # the sockets' folders of this user's dead servers
         for host in kernelspec.docker_hosts(kernelspec.installed()):
             try:
                 removed = prune_host(host)

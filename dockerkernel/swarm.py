@@ -9,7 +9,7 @@ launcher in the image. The kernel's ports are published in host mode on the
 node the task lands on, never through the routing mesh (which drops idle
 connections), with CurveZMQ on: the server connects to that node's address.
 
-Like docker_ops, these are synchronous calls over the Docker SDK, to the
+Like the engine package's, these are synchronous calls over the Docker SDK, to the
 manager that ``docker_host`` names; the provisioner runs them in threads.
 """
 
@@ -27,11 +27,17 @@ from typing import Any
 import docker
 from docker.errors import APIError, NotFound
 from docker.types import EndpointSpec, Mount, Resources, RestartPolicy, SecretReference
+from docker.utils import parse_bytes
 
 from . import errors
-from .docker_ops import StartCancelled, _daemon_errors, _reason, owner_alive
+from .engine.connect import cause, daemon_errors
+from .engine.containers import StartCancelled
+from .engine.owners import owner_alive
 from .errors import DockerKernelError
-from .spec import CONTAINER_CONNECTION_FILE, LABEL_KERNEL_ID, LABEL_OWNER_UID, PORT_NAMES, ContainerPlan
+from .kernel_files import CONTAINER_CONNECTION_FILE
+from .labels import LABEL_KERNEL_ID, LABEL_OWNER_UID
+from .plan import PORT_NAMES, ContainerPlan
+from .settings import DockerSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,33 +71,76 @@ class Placed:
     node_id: str
 
 
-def service_kwargs(
+def refusal(settings: DockerSettings, *, installing: bool = True) -> tuple[str, str] | None:
+    """The first setting that a Swarm service cannot honour as set, and what the swarm can do instead.
+
+    Every setting is in SWARM_HONOURS or here: a service has no device
+    requests, no container options, no engine-side GPU list and no
+    per-user network, and a node's volumes are not the next start's node's.
+    A kernelspec installed before this check, with the default home
+    ('volume'), still starts (``installing`` False): its home was always the
+    task's, as `install --swarm` now writes.
+    """
+    if settings.gpus not in ("none",) and not settings.gpus.isdigit():
+        return "gpus", "'none' or a count (the swarm reserves GPUs as generic resources, see gpu_resource)"
+    if settings.gpu_inventory:
+        return "gpu_inventory", "empty only (the nodes advertise their GPUs to the swarm)"
+    if settings.container_options:
+        return "container_options", "empty only (they are a container's options, not a service's)"
+    if settings.home != "container" and installing:
+        return (
+            "home",
+            "'container' only (a home in the kernel's task: a node's volume is not the next node's)",
+        )
+    if settings.network != "isolated":
+        return "network", "'isolated' only (its ports are published on its node, with CurveZMQ)"
+    if settings.pull_policy != "missing":
+        return "pull_policy", "'missing' only (each node pulls the image it lacks)"
+    return None
+
+
+# The settings that a Swarm service honours whatever their value (see service_args); the others are
+# honoured for the values refusal() allows, and refused for any other.
+SWARM_HONOURS = frozenset(
+    ["image", "pinned_image", "kernel_cmd", "environment", "mount", "volumes", "path_map", "user",
+     "mem_limit", "cpus", "shm_size", "when_gpus_busy", "channels", "docker_host", "tls_ca", "tls_cert",
+     "tls_key", "backend", "constraints", "gpu_resource", "start_timeout", "warm_pool", "warm_pool_idle"]
+)  # fmt: skip
+SWARM_REFUSES = frozenset(["gpus", "gpu_inventory", "container_options", "home", "network", "pull_policy"])
+
+
+def service_args(
     plan: ContainerPlan, secret: SecretReference, constraints: list[str], gpu_kind: str
 ) -> dict[str, Any]:
-    """The service for ``plan``: the same image, command, user, folders, labels and limits."""
-    create = plan.create_kwargs
-    labels = dict(create["labels"])
-    environment = {**create["environment"], "HOME": SWARM_HOME}
-    mounts = [m for m in create.get("mounts", []) if m["Type"] == "bind"]  # a home volume would be one node's
+    """The Docker SDK's ``services.create`` keywords for ``plan``: where a plan becomes a service.
+
+    The same image, command, user, groups, folders, environment, labels and
+    limits; the shared memory as a tmpfs at /dev/shm. What a service cannot
+    have was refused at install (see refusal()).
+    """
+    environment = {**plan.environment, "HOME": SWARM_HOME}
+    mounts = [Mount(b.target, b.source, type="bind", read_only=b.read_only) for b in plan.binds]
     mounts.append(Mount(target=RUN_DIR, source=None, type="tmpfs", tmpfs_mode=0o1777))
+    if plan.shm_size:
+        mounts.append(Mount(target="/dev/shm", source=None, type="tmpfs", tmpfs_size=plan.shm_size))
     ports = {int(p): (int(p), "tcp", "host") for p in (plan.connection[name] for name in PORT_NAMES)}
     resources: dict[str, Any] = {}
-    if create.get("mem_limit"):
-        resources["mem_limit"] = create["mem_limit"]
-    if create.get("nano_cpus"):
-        resources["cpu_limit"] = create["nano_cpus"]
+    if plan.mem_limit:
+        resources["mem_limit"] = parse_bytes(plan.mem_limit)  # a service's limit is in bytes only
+    if plan.nano_cpus:
+        resources["cpu_limit"] = plan.nano_cpus
     prelude = PRELUDE
     if plan.gpus.isdigit():
         resources["generic_resources"] = {gpu_kind: int(plan.gpus)}
         prelude = GPU_PRELUDE.format(kind=gpu_kind) + prelude
     kwargs: dict[str, Any] = {
         "image": plan.image,
-        "args": ["sh", "-c", prelude, "sh", *create["command"]],
-        "name": create["name"],
-        "labels": labels,
-        "container_labels": labels,
+        "args": ["sh", "-c", prelude, "sh", *plan.command],
+        "name": plan.name,
+        "labels": dict(plan.labels),
+        "container_labels": dict(plan.labels),
         "env": [f"{k}={v}" for k, v in environment.items()],
-        "workdir": create["working_dir"],
+        "workdir": plan.working_dir,
         "mounts": mounts,
         "secrets": [secret],
         "init": True,
@@ -101,9 +150,9 @@ def service_kwargs(
     }
     if resources:
         kwargs["resources"] = Resources(**resources)
-    if "user" in create:
-        kwargs["user"] = create["user"]
-        kwargs["groups"] = create.get("group_add", [])
+    if plan.user is not None:
+        kwargs["user"] = plan.user
+        kwargs["groups"] = list(plan.groups)
     return kwargs
 
 
@@ -121,13 +170,13 @@ def place_kernel(
     service and secret are then removed again.
     """
     uid, gid = plan.file_owner or (0, 0)
-    name = plan.create_kwargs["name"]
-    with _daemon_errors():
+    name = plan.name
+    with daemon_errors():
         try:
             secret = client.secrets.create(
                 name=f"{name}-{secrets.token_hex(4)}",
                 data=json.dumps(plan.connection).encode(),
-                labels=plan.create_kwargs["labels"],
+                labels=dict(plan.labels),
             )
         except APIError as e:
             raise _swarm_error(e) from e
@@ -135,12 +184,12 @@ def place_kernel(
             secret.id, secret.name, filename=SECRET_FILE, uid=str(uid), gid=str(gid), mode=0o400
         )
         try:
-            service = client.services.create(**service_kwargs(plan, reference, constraints, gpu_kind))
+            service = client.services.create(**service_args(plan, reference, constraints, gpu_kind))
         except BaseException as e:
             _remove_secret(client, secret.id)
             if isinstance(e, APIError):
                 raise DockerKernelError(
-                    errors.CONTAINER_START_FAILED.format(image=plan.image, reason=_reason(e))
+                    errors.CONTAINER_START_FAILED.format(image=plan.image, reason=cause(e))
                 ) from e
             raise
     try:
@@ -179,7 +228,7 @@ def _wait_until_running(
 
 def _task(client: docker.DockerClient, service_id: str) -> dict[str, Any] | None:
     """The service's newest task, or None before it has one."""
-    with _daemon_errors():
+    with daemon_errors():
         tasks = client.api.tasks(filters={"service": service_id})
     return max(tasks, key=lambda t: t["CreatedAt"]) if tasks else None
 
@@ -192,7 +241,7 @@ def task_state(client: docker.DockerClient, service_id: str) -> str:
 
 def node_address(client: docker.DockerClient, node_id: str) -> str:
     """The address that a node advertises to the swarm: where its host-mode ports are."""
-    with _daemon_errors():
+    with daemon_errors():
         node = client.api.inspect_node(node_id)
     address = str(node.get("Status", {}).get("Addr", ""))
     if address in ("", "0.0.0.0"):  # a manager may report this; its manager address is right
@@ -234,7 +283,7 @@ def remove_kernel(client: docker.DockerClient, service_id: str, wait: float = 30
     ``wait`` s for its container to be gone, as for a container kernel; another
     node removes its own in its own time.
     """
-    with _daemon_errors():
+    with daemon_errors():
         try:
             service = client.api.inspect_service(service_id)
             task = _task(client, service_id)
@@ -267,11 +316,11 @@ def _remove_secret(client: docker.DockerClient, secret_id: str) -> None:
 
 
 def last_log_line(client: docker.DockerClient, service_id: str) -> str:
-    with _daemon_errors():
+    with daemon_errors():
         try:
             lines = b"".join(client.api.service_logs(service_id, stdout=True, stderr=True, tail=5))
         except APIError as e:
-            return _reason(e)
+            return cause(e)
     text = lines.decode(errors="replace").strip().splitlines()
     return text[-1] if text else "no output"
 
@@ -279,7 +328,7 @@ def last_log_line(client: docker.DockerClient, service_id: str) -> str:
 def kernel_services(client: docker.DockerClient, **label_filters: str) -> list[dict[str, Any]]:
     """The kernel services of the swarm that ``client``'s engine manages; none where it manages none."""
     labels = [LABEL_KERNEL_ID] + [f"{k}={v}" for k, v in label_filters.items()]
-    with _daemon_errors():
+    with daemon_errors():
         if client.info().get("Swarm", {}).get("ControlAvailable") is not True:
             return []
         return list(client.api.services(filters={"label": labels}))
@@ -296,7 +345,7 @@ def prune_orphans(client: docker.DockerClient, uid: int) -> list[str]:
 
 
 def _swarm_error(e: APIError) -> DockerKernelError:
-    reason = _reason(e)
+    reason = cause(e)
     if "not a swarm manager" in reason or "This node is not a swarm manager" in reason:
         return DockerKernelError(errors.NOT_A_SWARM_MANAGER.format(reason=reason))
     return DockerKernelError(errors.DOCKER_UNREACHABLE.format(reason=reason))

@@ -8,7 +8,7 @@ it to that folder, and fills the pool again in the background; any other start
 is a cold one (see WarmPool.fill for when the pool follows it elsewhere).
 
 "The same" is checked, not assumed: a pooled kernel is planned by the very
-function that plans a cold start (spec.plan_container), with the same
+function that plans a cold start (plan.draft), with the same
 arguments but for what is its own: its kernel id, its channels and its key. A
 start takes it only where the two plans then agree in everything else (image,
 command, environment, user, groups, mounts, home, network, limits, labels), so
@@ -24,7 +24,7 @@ labelled with the owner's labels like any kernel, so a server that dies leaves
 them to the reaper and `dockerkernel prune`; a server that stops removes them
 (WarmPool.close, at exit), and a pool that goes unused for ``warm_pool_idle``
 seconds removes them too. GPU kernelspecs are never pooled: a pooled container
-would hold GPUs that nobody uses (settings.check_warm_pool).
+would hold GPUs that nobody uses (validation.check_warm_pool).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from queue import Empty
 from typing import Any, cast
 
@@ -48,19 +48,14 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
 from jupyter_client.session import new_id_bytes
 
-from . import channels, docker_ops
+from . import channels
+from .backends import ContainerBackend
 from .channels import CONTAINER_IPC_DIR
+from .engine.owners import this_process_owner
 from .errors import DockerKernelError
 from .hosts import DockerHost
-from .spec import (
-    LABEL_KERNEL_ID,
-    LABEL_OWNER_HOST,
-    LABEL_OWNER_PID,
-    LABEL_POOL,
-    PASSED_THROUGH,
-    PORT_NAMES,
-    ContainerPlan,
-)
+from .labels import LABEL_KERNEL_ID, LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_POOL
+from .plan import PASSED_THROUGH, PORT_NAMES, ContainerPlan
 
 log = logging.getLogger("dockerkernel.warm_pool")
 
@@ -73,16 +68,18 @@ def fingerprint(plan: ContainerPlan) -> str:
     The working directory is left out too: a taken kernel moves to its notebook's
     folder (settle()), which its mounts must hold, as they are part of the print.
     """
-    kwargs = dict(plan.create_kwargs)
-    kwargs.pop("name", None)
-    kwargs.pop("ports", None)
-    kwargs.pop("working_dir", None)
-    kwargs["mounts"] = [m for m in kwargs.get("mounts", []) if m["Target"] != CONTAINER_IPC_DIR]
-    kwargs["labels"] = {k: v for k, v in kwargs["labels"].items() if k not in (LABEL_KERNEL_ID, LABEL_POOL)}
-    kwargs["environment"] = {k: v for k, v in kwargs["environment"].items() if k not in PASSED_THROUGH}
-    connection = {k: v for k, v in plan.connection.items() if k not in (*PORT_NAMES, "key")}
-    rest = replace(plan, create_kwargs={}, connection={}, channels=replace(plan.channels, folder=""))
-    return json.dumps([kwargs, connection, repr(rest)], sort_keys=True, default=str)
+    shared = replace(
+        plan,
+        name="",
+        ports=(),
+        working_dir="",
+        binds=tuple(b for b in plan.binds if b.target != CONTAINER_IPC_DIR),
+        labels={k: v for k, v in plan.labels.items() if k not in (LABEL_KERNEL_ID, LABEL_POOL)},
+        environment={k: v for k, v in plan.environment.items() if k not in PASSED_THROUGH},
+        connection={k: v for k, v in plan.connection.items() if k not in (*PORT_NAMES, "key")},
+        channels=replace(plan.channels, folder=""),
+    )
+    return json.dumps(asdict(shared), sort_keys=True, default=str)
 
 
 def new_connection(template: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,7 +87,7 @@ def new_connection(template: Mapping[str, Any]) -> dict[str, Any]:
     channels: a sockets' folder of its own, or ports reserved in this process."""
     info = dict(template, key=new_id_bytes())
     if info.get("transport") == "ipc":
-        folder = channels.new_kernel_folder(docker_ops.this_process_owner().labels())
+        folder = channels.new_kernel_folder(this_process_owner().labels())
         info["ip"] = os.path.join(folder, os.path.basename(str(template["ip"])))
     else:
         ports = LocalPortCache.instance()
@@ -232,7 +229,8 @@ class WarmPool:
         answered = False
         try:
             plan = plan_for(connection)
-            container_id, exit_status = docker_ops.run_kernel_container(plan, "never", log)
+            launched = ContainerBackend(plan.host).launch(plan, "never", log, threading.Event())
+            container_id, exit_status = launched.handle, launched.exit
             pooled = Pooled(container_id, exit_status, connection, plan, wanted)
             answered = _answers(connection, exit_status)
             if not answered:
@@ -287,7 +285,7 @@ class WarmPool:
 
         def remove() -> None:
             try:
-                docker_ops.remove_container(docker_ops.get_client(pooled.plan.host), pooled.container_id)
+                ContainerBackend(pooled.plan.host).remove(pooled.container_id)
             except DockerKernelError as e:
                 log.warning("Pooled kernel %s is left to the reaper: %s", pooled.container_id[:12], e)
             release_channels(pooled.connection)
@@ -333,10 +331,10 @@ class WarmPool:
                 release_channels(pooled.connection)
         for host in hosts:
             try:
-                client = docker_ops.get_client(host)
+                backend = ContainerBackend(host)
                 mine = {LABEL_OWNER_PID: str(os.getpid()), LABEL_OWNER_HOST: socket.gethostname()}
-                for container in docker_ops.waiting_in_pool(client, **mine):
-                    docker_ops.remove_container(client, container.id)
+                for handle in backend.waiting_in_pool(**mine):
+                    backend.remove(handle)
             except DockerKernelError as e:
                 log.warning("The warm pool's kernels are left to the reaper: %s", e)
 
@@ -385,6 +383,12 @@ del _dockerkernel_take
 """
 
 
+def adopt(pooled: Pooled, kernel_id: str, name: str | None, cwd: str) -> None:
+    """Make a taken kernel the started one: the start's container name, and its notebook (see settle())."""
+    ContainerBackend(pooled.plan.host).rename(pooled.container_id, f"dockerkernel-{kernel_id}")
+    settle(pooled.connection, name, cwd)
+
+
 def settle(connection: Mapping[str, Any], name: str | None, cwd: str, timeout: float = 10) -> None:
     """Make a taken kernel the notebook's: its name and folder, by a silent execution that leaves no
     history and no output."""
@@ -416,5 +420,5 @@ atexit.register(POOL.close)
 
 
 def pool_kernel_id() -> str:
-    """A pooled kernel's id, in its name (spec.POOL_NAME_PREFIX) and its kernel-id label."""
+    """A pooled kernel's id, in its name (labels.POOL_NAME_PREFIX) and its kernel-id label."""
     return f"pool-{uuid.uuid4()}"

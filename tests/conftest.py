@@ -29,10 +29,10 @@ import pytest
 from jupyter_client.manager import AsyncKernelManager
 
 from dockerkernel.cli import main as cli_main
-from dockerkernel.spec import LABEL_KERNEL_ID, LABEL_NETWORK_OF
+from dockerkernel.labels import LABEL_KERNEL_ID, LABEL_NETWORK_OF
 
 from servers import JupyterServer
-from waiting import wait_until_sync
+from waiting import accepts, wait_until_sync
 
 IMAGES = {"py3": "dockerkernel-test/py3", "py2": "dockerkernel-test/py2", "torch": "dockerkernel-test/torch"}
 PYTHONS = {"py3": "python3", "py2": "python", "torch": "python3"}
@@ -349,11 +349,8 @@ def registry(
 
     def listening() -> bool:
         assert process.poll() is None, (root / "registry.log").read_text()
-        try:
-            socket.create_connection(address.split(":"), timeout=1).close()  # type: ignore[arg-type]
-            return True
-        except OSError:
-            return False
+        host, port = address.split(":")
+        return accepts((host, int(port)))
 
     try:
         wait_until_sync(listening, "the registry to listen", timeout=30)

@@ -16,7 +16,6 @@ import ipaddress
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,7 +26,7 @@ from pathlib import Path
 import docker
 import requests
 
-from waiting import wait_until_sync
+from waiting import accepts, wait_until_sync
 
 
 @dataclass
@@ -167,9 +166,6 @@ def _wait_for_daemon(socket_path: Path, daemon: subprocess.Popen[bytes], log: Pa
 
     def listening() -> bool:
         assert daemon.poll() is None, f"the namespaced dockerd exited:\n{log.read_text()[-3000:]}"
-        if not socket_path.exists():
-            return False
-        with socket.socket(socket.AF_UNIX) as probe:
-            return probe.connect_ex(str(socket_path)) == 0
+        return socket_path.exists() and accepts(str(socket_path))
 
     wait_until_sync(listening, "the namespaced dockerd to listen on its socket")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,7 +27,7 @@ import docker
 import psutil
 
 from namespaced_host import NamespacedHost, namespaced_host
-from waiting import wait_until_sync
+from waiting import accepts, wait_until_sync
 
 SUBNET = "10.214.0.0/24"
 ADDRESS = "10.214.0.2"  # the host's end of the veth pair; ours is .1
@@ -181,9 +180,7 @@ def _start_sshd(host: NamespacedHost, secrets: Path, user: str) -> subprocess.Po
 
     def listening() -> bool:
         assert sshd.poll() is None, f"sshd exited:\n{(secrets / 'sshd.log').read_text()}"
-        with socket.socket() as probe:
-            probe.settimeout(1)
-            return probe.connect_ex((ADDRESS, 22)) == 0
+        return accepts((ADDRESS, 22))
 
     wait_until_sync(listening, "the remote host's sshd to listen")
     return sshd

@@ -24,7 +24,7 @@ from tornado.httpclient import HTTPClientError
 
 from dockerkernel import channels, errors
 from dockerkernel.errors import DockerKernelError
-from dockerkernel.spec import LABEL_KERNELSPEC
+from dockerkernel.labels import LABEL_KERNELSPEC
 
 from conftest import BARE
 

@@ -14,7 +14,7 @@ import pytest
 
 from dockerkernel import channels, errors
 from dockerkernel.channels import SOCKET_PATH_MAX, Channels, channel_url, choose
-from dockerkernel.docker_ops import shares_this_kernel
+from dockerkernel.engine.kind import shares_this_kernel
 from dockerkernel.errors import DockerKernelError
 
 
@@ -92,16 +92,20 @@ def test_account_files_are_stored_once_by_content_beside_the_kernel_folders(
     monkeypatch.setenv("TMPDIR", str(short_tmp))  # so that the kernels of other tests are not looked at
     monkeypatch.setattr("tempfile.tempdir", None)
     passwd = b"root:x:0:0::/root:/bin/sh\nme:x:1000:100::/dockerkernel/home:/bin/sh\n"
-    path = channels.account_file(passwd)
-    assert channels.account_file(passwd) == path  # another kernel of the same image and user
-    assert channels.account_file(b"root:x:0:\n") != path
+
+    def account_file(data: bytes) -> str:
+        path = channels.account_path(os.path.join(channels.base_folder(), "0123abcd"), data)
+        channels.store_account_file(path, data)
+        return path
+
+    path = account_file(passwd)
+    assert account_file(passwd) == path  # another kernel of the same image and user
+    assert account_file(b"root:x:0:\n") != path
     store = runtime / "dockerkernel" / channels.ACCOUNTS
     assert Path(path).parent == store
     assert (store.stat().st_mode & 0o777, Path(path).stat().st_mode & 0o777) == (0o700, 0o644)
     assert Path(path).read_bytes() == passwd
-    assert sorted(os.listdir(store)) == sorted(
-        [Path(path).name, Path(channels.account_file(b"root:x:0:\n")).name]
-    )
+    assert sorted(os.listdir(store)) == sorted([Path(path).name, Path(account_file(b"root:x:0:\n")).name])
     # The store is no kernel's folder: pruning leaves it.
     assert channels.prune(lambda owner: False) == []
     assert Path(path).exists()

@@ -183,6 +183,14 @@ def test_presets_command_lists_every_preset(dockerkernel: Any) -> None:
         (["install", "--image", "a/b", "--env", "NOVALUE"], errors.INVALID_ENV.format(value="NOVALUE")),
         (["install", "--image", "Bad Image"], "invalid image name 'Bad Image'"),
         (["install", "--image", "a/b", "--volume", "relative:/x"], "invalid volume 'relative:/x'"),
+        (
+            ["install", "--image", "a/b", "--swarm", "--gpus", "all"],
+            "Kernel 'a-b' sets gpus to 'all', which a Docker Swarm service cannot honour",
+        ),
+        (
+            ["install", "--image", "a/b", "--swarm", "--home", "volume"],
+            "Kernel 'a-b' sets home to 'volume', which a Docker Swarm service cannot honour",
+        ),
     ],
 )
 def test_user_errors_are_one_line(dockerkernel: Any, args: list[str], message: str) -> None:

@@ -20,7 +20,7 @@ import pytest
 from nbclient import NotebookClient
 
 from dockerkernel import errors
-from dockerkernel.spec import LABEL_KERNEL_ID
+from dockerkernel.labels import LABEL_KERNEL_ID
 
 from conftest import FLAVOURS
 from waiting import wait_until

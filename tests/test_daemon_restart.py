@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,12 +28,14 @@ import docker
 import psutil
 import pytest
 
-from dockerkernel import docker_ops, errors
+from dockerkernel import errors
+from dockerkernel.engine.connect import TIMEOUT_VARIABLE, get_client
+from dockerkernel.engine.images import image_present
 from dockerkernel.errors import DockerKernelError
-from dockerkernel.spec import LABEL_KERNEL_ID
+from dockerkernel.labels import LABEL_KERNEL_ID
 
 from conftest import IMAGES
-from waiting import wait_until, wait_until_sync
+from waiting import accepts, wait_until, wait_until_sync
 
 pytestmark = pytest.mark.docker
 
@@ -71,9 +72,8 @@ class Daemon:
 
 def _answers() -> bool:
     """Whether the daemon answers; the socket first, as a failed SDK connection leaks its socket."""
-    with socket.socket(socket.AF_UNIX) as probe:
-        if probe.connect_ex("/var/run/docker.sock") != 0:
-            return False
+    if not accepts("/var/run/docker.sock"):
+        return False
     with docker.APIClient(version="1.41", timeout=5) as api:
         try:
             return bool(api.ping())
@@ -141,7 +141,7 @@ async def test_with_live_restore_a_daemon_restart_never_kills_the_kernel(
     assert await kernel.km.is_alive()
     daemon.start("--live-restore")
     await wait_until(
-        lambda: asyncio.to_thread(docker_ops.image_present, docker_ops.get_client(), IMAGES["py3"]),
+        lambda: asyncio.to_thread(image_present, get_client(), IMAGES["py3"]),
         "the daemon to answer the kernel's provisioner",
     )
     assert await kernel.km.is_alive()
@@ -158,7 +158,7 @@ def test_a_hung_daemon_fails_each_call_after_the_timeout_with_one_sentence(
     install_test_kernel: Any, notebook_dir: Path, daemon: Daemon
 ) -> None:
     name = install_test_kernel("py3")
-    env = {**os.environ, docker_ops.TIMEOUT_VARIABLE: "2"}
+    env = {**os.environ, TIMEOUT_VARIABLE: "2"}
     start = (
         "import sys\nfrom jupyter_client.manager import KernelManager\n"
         "from dockerkernel.errors import DockerKernelError\n"

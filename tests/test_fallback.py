@@ -12,7 +12,7 @@ import docker
 import pytest
 
 from dockerkernel import errors
-from dockerkernel.spec import LABEL_KERNELSPEC
+from dockerkernel.labels import LABEL_KERNELSPEC
 
 from conftest import BARE
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_spec import plan
+from test_plan import plan
 
 from dockerkernel import errors, gpus
+from dockerkernel.engine.containers import create_args
 from dockerkernel.errors import DockerKernelError
 from dockerkernel.gpus import CDI, NVIDIA, Gpu, GpuSupport, Holding
+from dockerkernel.labels import LABEL_GPUS
+from dockerkernel.plan import GPUS_GIVEN, GPUS_NOT_LISTED, GPUS_SHARED, ContainerPlan, place_gpus
 from dockerkernel.settings import DockerSettings
-from dockerkernel.spec import GPUS_GIVEN, GPUS_NOT_LISTED, GPUS_SHARED, LABEL_GPUS, ContainerPlan, place_gpus
 
 # NVIDIA_SMI_QUERY's output: the first GPU line as an H200 host's nvidia-smi printed it, then a
 # second GPU, after a driver warning.
@@ -34,7 +36,7 @@ def placed(
 
 
 def visible(p: ContainerPlan) -> list[str]:
-    return [i for r in p.create_kwargs["device_requests"] for i in r["DeviceIDs"]]
+    return [i for r in create_args(p)["device_requests"] for i in r["DeviceIDs"]]
 
 
 def test_nvidia_smi_output_becomes_the_inventory() -> None:
@@ -49,7 +51,7 @@ def test_nvidia_smi_output_becomes_the_inventory() -> None:
 def test_a_count_gets_free_gpus_in_index_order_and_a_label_for_the_next_start() -> None:
     p = placed("2", [held("0"), held("2")])
     assert visible(p) == ["1", "3"]
-    assert p.create_kwargs["labels"][LABEL_GPUS] == "1,3"
+    assert create_args(p)["labels"][LABEL_GPUS] == "1,3"
     assert (p.notice, p.notice_stream) == (
         GPUS_GIVEN.format(gpus="GPU 1 (H200, 140 GiB), GPU 3 (H200, 140 GiB)"),
         "stdout",
@@ -97,11 +99,11 @@ def test_more_gpus_than_the_host_has_is_an_error_and_no_gpus_at_all_too() -> Non
 
 def test_all_and_device_ids_keep_their_meaning_whoever_holds_them() -> None:
     every = placed("all", [held("0")])
-    assert [r["Count"] for r in every.create_kwargs["device_requests"]] == [-1]
-    assert every.create_kwargs["labels"][LABEL_GPUS] == "0,1,2,3"
+    assert [r["Count"] for r in create_args(every)["device_requests"]] == [-1]
+    assert create_args(every)["labels"][LABEL_GPUS] == "0,1,2,3"
     two = placed("device=3,gpu-1", [held("3")])
     assert visible(two) == ["3", "gpu-1"]
-    assert two.create_kwargs["labels"][LABEL_GPUS] == "3,1"  # by index, for counting
+    assert create_args(two)["labels"][LABEL_GPUS] == "3,1"  # by index, for counting
     with pytest.raises(DockerKernelError) as info:
         placed("device=7", [])
     assert str(info.value) == errors.GPU_UNKNOWN_DEVICE.format(
@@ -112,7 +114,7 @@ def test_all_and_device_ids_keep_their_meaning_whoever_holds_them() -> None:
 def test_without_an_inventory_docker_chooses_unless_the_setting_lists_the_gpus() -> None:
     unlisted = GpuSupport(NVIDIA, (), "nvidia-smi did not run")
     p = placed("2", [], unlisted)
-    assert [r["Count"] for r in p.create_kwargs["device_requests"]] == [2]
+    assert [r["Count"] for r in create_args(p)["device_requests"]] == [2]
     assert p.notice == GPUS_NOT_LISTED.format(reason="nvidia-smi did not run", count="2")
     listed = placed("2", [held("0")], unlisted, gpu_inventory=["0", "1", "2"])
     assert visible(listed) == ["1", "2"]
@@ -121,11 +123,11 @@ def test_without_an_inventory_docker_chooses_unless_the_setting_lists_the_gpus()
 def test_cdi_names_each_device() -> None:
     cdi = GpuSupport(CDI, (Gpu("0"), Gpu("1")))
     p = placed("1", [held("0")], cdi)
-    [request] = p.create_kwargs["device_requests"]
+    [request] = create_args(p)["device_requests"]
     assert (request["Driver"], request["DeviceIDs"]) == ("cdi", ["nvidia.com/gpu=1"])
     on_podman = place_gpus(plan(DockerSettings(image="img", gpus="all")), cdi, [], podman=True)
-    assert on_podman.create_kwargs["devices"] == ["nvidia.com/gpu=all"]
-    assert "device_requests" not in on_podman.create_kwargs
+    assert create_args(on_podman)["devices"] == ["nvidia.com/gpu=all"]
+    assert "device_requests" not in create_args(on_podman)
 
 
 def test_labels_of_running_kernels_become_holdings() -> None:

@@ -19,16 +19,17 @@ from pathlib import Path
 import docker
 import pytest
 
-from dockerkernel import docker_ops, errors
-from dockerkernel.spec import (
-    GPUS_GIVEN,
-    GPUS_SHARED,
+from dockerkernel import errors
+from dockerkernel.engine.containers import kernel_containers
+from dockerkernel.engine.gpus import GPU_LOCK_NAME
+from dockerkernel.labels import (
     LABEL_GPU_LOCK,
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
     LABEL_OWNER_STARTED,
     LABEL_OWNER_UID,
 )
+from dockerkernel.plan import GPUS_GIVEN, GPUS_SHARED
 
 from conftest import IMAGES, UserSession, as_user, public_tempdir, spawn_session, user_env
 from gpu_host import GPUS, GpuHost, simulated_gpu_host
@@ -87,7 +88,7 @@ def start(
     for folder in folders:
         subprocess.run(["rm", "-rf", str(folder)], check=True)
     # A shutdown ends at the kernel's exit; its container is removed just after.
-    wait_until_sync(lambda: not docker_ops.kernel_containers(gpu_host.client), "the GPU host's kernels to go")
+    wait_until_sync(lambda: not kernel_containers(gpu_host.client), "the GPU host's kernels to go")
     for volume in gpu_host.client.volumes.list(filters={"name": "dockerkernel-home-"}):
         volume.remove(force=True)
 
@@ -182,7 +183,7 @@ def test_a_lock_left_by_a_process_that_died_is_taken_over(
     dead.wait()
     lock = gpu_host.client.api.create_container(
         IMAGES["py3"],
-        name=docker_ops.GPU_LOCK_NAME,
+        name=GPU_LOCK_NAME,
         labels={
             LABEL_GPU_LOCK: "1",
             LABEL_OWNER_HOST: os.uname().nodename,

@@ -23,18 +23,16 @@ from jupyter_client.connect import write_connection_file
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
-from dockerkernel import channels, docker_ops, errors
-from dockerkernel.config import make_settings
+from dockerkernel import channels, errors
+from dockerkernel.engine.containers import create_args
+from dockerkernel.engine.networks import ensure_isolated_network
+from dockerkernel.engine.owners import this_process_owner
 from dockerkernel.errors import DockerKernelError
 from dockerkernel.identity import host_identity
+from dockerkernel.labels import LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER_PID
+from dockerkernel.plan import GPUS_AUTO_ON_CPU, draft
 from dockerkernel.settings import DockerSettings
-from dockerkernel.spec import (
-    GPUS_AUTO_ON_CPU,
-    LABEL_KERNEL_ID,
-    LABEL_KERNELSPEC,
-    LABEL_OWNER_PID,
-    plan_container,
-)
+from dockerkernel.validation import make_settings
 
 from conftest import IMAGES, interrupt_a_sleep
 from waiting import wait_until
@@ -310,7 +308,7 @@ def test_daemon_records_the_device_requests_the_kernelspec_asks_for(
     no_leftovers: None,
 ) -> None:
     """Without the NVIDIA runtime such a container cannot start here, but it can be created and inspected."""
-    plan = plan_container(
+    plan = draft(
         make_settings(DockerSettings, {"image": test_images["py3"], "gpus": gpus}, "gpu-kernel"),
         kernel_id="gpu-plan-check",
         kernel_name="gpu-kernel",
@@ -318,12 +316,12 @@ def test_daemon_records_the_device_requests_the_kernelspec_asks_for(
         cwd=str(notebook_dir),
         spec_env={},
         launch_env={},
-        owner=docker_ops.this_process_owner(),
+        owner=this_process_owner(),
         identity=host_identity(),
     )
     assert plan.network is not None
-    docker_ops.ensure_isolated_network(docker_client, plan.network, plan.owner_uid)
-    container = docker_client.containers.create(**plan.create_kwargs)
+    ensure_isolated_network(docker_client, plan.network, plan.owner_uid)
+    container = docker_client.containers.create(**create_args(plan))
     try:
         [recorded] = docker_client.api.inspect_container(container.id)["HostConfig"]["DeviceRequests"]
         assert (recorded["Count"], recorded["DeviceIDs"] or []) == request_

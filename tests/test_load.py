@@ -22,8 +22,8 @@ import pytest
 from docker.constants import DEFAULT_MAX_POOL_SIZE
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 
-from dockerkernel import provisioner
-from dockerkernel.spec import LABEL_KERNEL_ID
+from dockerkernel import threads
+from dockerkernel.labels import LABEL_KERNEL_ID
 
 from waiting import wait_until
 
@@ -137,7 +137,7 @@ async def test_many_kernels_leak_nothing(
     # last in use at once, and the provisioner's thread pool grows to its size on demand: a few either
     # way. What one kernel left behind would show once per kernel, 210 times.
     assert abs(after.fds - before.fds) <= POOLED_CONNECTIONS
-    assert after.threads - before.threads <= provisioner._executor._max_workers
+    assert after.threads - before.threads <= threads.executor._max_workers
     assert mkm.list_kernel_ids() == []
     still_listening = {
         c.laddr.port for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN

@@ -17,8 +17,8 @@ from jupyter_client.manager import AsyncKernelManager
 from rich.console import Console
 
 from dockerkernel import errors
+from dockerkernel.labels import LABEL_KERNEL_ID
 from dockerkernel.pulls import PullBars, PullLog, PullProgress
-from dockerkernel.spec import LABEL_KERNEL_ID
 
 from conftest import Registry
 from waiting import wait_until

@@ -15,8 +15,8 @@ from jupyter_client.manager import AsyncKernelManager
 
 from dockerkernel import errors
 from dockerkernel.errors import DockerKernelError
+from dockerkernel.labels import LABEL_KERNEL_ID
 from dockerkernel.provisioner import DockerProvisioner
-from dockerkernel.spec import LABEL_KERNEL_ID
 
 from conftest import BARE, IMAGES
 from waiting import wait_until

@@ -10,7 +10,6 @@ CurveZMQ.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -23,12 +22,14 @@ import zmq
 from jupyter_client.manager import AsyncKernelManager
 from traitlets.config import Config
 
-from dockerkernel import docker_ops, errors
-from dockerkernel.spec import LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER_PID
+from dockerkernel import errors
+from dockerkernel.engine.connect import forget_clients
+from dockerkernel.engine.containers import kernel_containers, remove_container
+from dockerkernel.labels import LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER_PID
 
 from conftest import IMAGES, CliResult, Kernel, interrupt_a_sleep
 from remote_host import ADDRESS, RemoteHost, remote_host
-from waiting import wait_until, wait_until_sync
+from waiting import accepts, wait_until, wait_until_sync
 
 pytestmark = pytest.mark.docker
 
@@ -45,7 +46,7 @@ def remote(docker_client: docker.DockerClient, ordinary_user: Any) -> Iterator[R
 def fresh_connections() -> Iterator[None]:
     """Each test makes its own clients and SSH connections, with the HOME it gives."""
     yield
-    docker_ops.forget_clients()
+    forget_clients()
 
 
 @pytest.fixture
@@ -61,10 +62,10 @@ def on_remote(remote: RemoteHost, ssh_home: Path) -> Iterator[RemoteHost]:
     yield remote
     # A shutdown ends at the kernel's exit; its container is removed just after.
     with suppress(AssertionError):
-        wait_until_sync(lambda: not docker_ops.kernel_containers(remote.client), "removals", timeout=30)
-    left = docker_ops.kernel_containers(remote.client)
+        wait_until_sync(lambda: not kernel_containers(remote.client), "removals", timeout=30)
+    left = kernel_containers(remote.client)
     for container in left:
-        docker_ops.remove_container(remote.client, container.id)
+        remove_container(remote.client, container.id)
     for volume in remote.client.volumes.list(filters={"name": "dockerkernel-home-"}):
         volume.remove(force=True)
     assert not left, f"kernel containers left on the remote host: {[c.short_id for c in left]}"
@@ -76,9 +77,7 @@ def remote_containers(remote: RemoteHost, kernel: Kernel) -> list[Any]:
 
 
 def reachable(port: int, address: str = "127.0.0.1") -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(2)
-        return probe.connect_ex((address, port)) == 0
+    return accepts((address, port), timeout=2)
 
 
 async def lifecycle(

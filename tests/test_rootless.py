@@ -24,8 +24,10 @@ from typing import Any
 import docker
 import pytest
 
-from dockerkernel import docker_ops
-from dockerkernel.spec import GPUS_AUTO_ON_CPU, LABEL_KERNEL_ID, Engine
+from dockerkernel.engine.connect import engine_key, get_client
+from dockerkernel.engine.kind import engine_of
+from dockerkernel.labels import LABEL_KERNEL_ID
+from dockerkernel.plan import GPUS_AUTO_ON_CPU, Engine
 
 from conftest import IMAGES, PYTHONS, as_user, public_tempdir
 from waiting import wait_until_sync
@@ -199,6 +201,6 @@ def test_auto_gpus_run_on_the_cpu_of_a_rootless_engine_without_gpus(
 
 def test_engines_on_unix_sockets_are_told_apart(podman: str) -> None:
     """The Docker SDK names every unix socket 'localhost': what is kept per engine must not mix them."""
-    assert docker_ops.engine_of(docker_ops.get_client()) == Engine(podman=False, rootless=False)
-    assert docker_ops.engine_of(docker_ops.get_client(podman)) == Engine(podman=True, rootless=True)
-    assert docker_ops.engine_key(docker_ops.get_client(podman)) == podman
+    assert engine_of(get_client()) == Engine(podman=False, rootless=False)
+    assert engine_of(get_client(podman)) == Engine(podman=True, rootless=True)
+    assert engine_key(get_client(podman)) == podman

@@ -19,7 +19,7 @@ from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from dockerkernel import compare, errors
-from dockerkernel.spec import LABEL_KERNELSPEC
+from dockerkernel.labels import LABEL_KERNELSPEC
 
 from waiting import wait_until_sync
 

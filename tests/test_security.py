@@ -22,7 +22,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from dockerkernel import channels, errors
 from dockerkernel.channels import CONTAINER_IPC_DIR, channel_url
-from dockerkernel.spec import PORT_NAMES
+from dockerkernel.plan import PORT_NAMES
 
 pytestmark = pytest.mark.docker
 

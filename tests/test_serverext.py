@@ -11,7 +11,7 @@ import docker
 import pytest
 
 from dockerkernel import channels
-from dockerkernel.spec import LABEL_OWNER_PID
+from dockerkernel.labels import LABEL_OWNER_PID
 
 from waiting import wait_until
 

@@ -10,10 +10,10 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from dockerkernel import errors
-from dockerkernel.config import check_launchable, make_settings
 from dockerkernel.errors import DockerKernelError
 from dockerkernel.provisioner import DockerProvisioner
 from dockerkernel.settings import DockerSettings, parse_gpus, parse_volume
+from dockerkernel.validation import check_launchable, make_settings
 
 
 @pytest.mark.parametrize(

@@ -15,14 +15,12 @@ from typing import Any
 import docker
 import pytest
 
-from dockerkernel import docker_ops, errors
-from dockerkernel.spec import (
-    LABEL_KERNEL_ID,
-    LABEL_KERNELSPEC,
-    LABEL_NETWORK_OF,
-    PORT_NAMES,
-    isolated_network_name,
-)
+from dockerkernel import errors
+from dockerkernel.engine.connect import state_of
+from dockerkernel.engine.networks import ICC_OPTION, ensure_isolated_network
+from dockerkernel.engine.owners import this_process_owner
+from dockerkernel.labels import LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_NETWORK_OF, isolated_network_name
+from dockerkernel.plan import PORT_NAMES
 
 from conftest import IMAGES, PUBLIC_TMP, as_user, user_env
 
@@ -275,7 +273,7 @@ def test_prune_and_ps_touch_only_the_users_own_kernels_where_proc_hides_other_us
 
 def _labels_of_this_process(kernel_id: str) -> dict[str, str]:
     """The labels a kernel container of this process gets."""
-    return {LABEL_KERNEL_ID: kernel_id, LABEL_KERNELSPEC: "test", **docker_ops.this_process_owner().labels()}
+    return {LABEL_KERNEL_ID: kernel_id, LABEL_KERNELSPEC: "test", **this_process_owner().labels()}
 
 
 def test_processes_that_make_a_users_network_at_once_end_up_on_one(
@@ -288,9 +286,9 @@ def test_processes_that_make_a_users_network_at_once_end_up_on_one(
 
     def race() -> str:
         barrier.wait()
-        return docker_ops.ensure_isolated_network(docker_client, name, os.getuid())
+        return ensure_isolated_network(docker_client, name, os.getuid())
 
-    docker_ops._networks.clear()  # as in processes of their own, which know no network yet
+    state_of(docker_client).networks.clear()  # as in processes of their own, which know no network yet
     try:
         with ThreadPoolExecutor(racers) as pool:
             chosen = set(pool.map(lambda _: race(), range(racers)))
@@ -299,13 +297,13 @@ def test_processes_that_make_a_users_network_at_once_end_up_on_one(
     finally:
         for network in docker_client.api.networks(names=[name]):
             docker_client.api.remove_network(network["Id"])
-        docker_ops._networks.clear()
+        state_of(docker_client).networks.clear()
 
 
 @pytest.mark.parametrize(
     "impostor",
     [
-        {"labels": {}, "options": {docker_ops.ICC_OPTION: "false"}},  # not the user's
+        {"labels": {}, "options": {ICC_OPTION: "false"}},  # not the user's
         {"labels": {LABEL_NETWORK_OF: str(os.getuid())}, "options": {}},  # inter-container traffic on
     ],
 )
@@ -315,18 +313,18 @@ def test_a_users_network_made_by_someone_else_is_never_adopted(
     """On a shared engine anyone in the docker group can make a network of the user's network's name."""
     name = "dockerkernel-impostor-test"
     planted = docker_client.api.create_network(name, driver="bridge", **impostor)["Id"]
-    docker_ops._networks.clear()
+    state_of(docker_client).networks.clear()
     try:
-        chosen = docker_ops.ensure_isolated_network(docker_client, name, os.getuid())
+        chosen = ensure_isolated_network(docker_client, name, os.getuid())
         assert chosen != planted
         network = docker_client.api.inspect_network(chosen)
         assert network["Labels"][LABEL_NETWORK_OF] == str(os.getuid())
-        assert network["Options"][docker_ops.ICC_OPTION] == "false"
+        assert network["Options"][ICC_OPTION] == "false"
         docker_client.api.inspect_network(planted)  # left alone: not the user's to remove
     finally:
         for network in docker_client.api.networks(names=[name]):
             docker_client.api.remove_network(network["Id"])
-        docker_ops._networks.clear()
+        state_of(docker_client).networks.clear()
 
 
 def test_a_user_outside_the_docker_group_is_told_how_to_get_access(

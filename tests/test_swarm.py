@@ -21,7 +21,7 @@ import pytest
 from jupyter_client.manager import AsyncKernelManager
 
 from dockerkernel import errors, kernelspec
-from dockerkernel.spec import LABEL_KERNEL_ID
+from dockerkernel.labels import LABEL_KERNEL_ID
 
 from conftest import IMAGES, CliResult, Kernel, interrupt_a_sleep, spawn_session
 from gpu_host import GPUS, RUNTIME, install_hook

@@ -18,7 +18,7 @@ import docker
 import pytest
 
 from dockerkernel import errors, warm_pool
-from dockerkernel.spec import LABEL_OWNER_PID, LABEL_POOL, POOL_NAME_PREFIX
+from dockerkernel.labels import LABEL_OWNER_PID, LABEL_POOL, POOL_NAME_PREFIX
 
 from conftest import IMAGES, CliResult, Kernel
 from waiting import wait_until

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,13 @@ async def wait_until(condition: Callable[[], Any], what: str, timeout: float = 6
             return value
         assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
         await asyncio.sleep(0.05)
+
+
+def accepts(address: str | tuple[str, int], timeout: float = 1) -> bool:
+    """Whether something accepts connections at ``address``: a unix socket's path, or (host, port)."""
+    with socket.socket(socket.AF_UNIX if isinstance(address, str) else socket.AF_INET) as probe:
+        probe.settimeout(timeout)
+        return probe.connect_ex(address) == 0
 
 
 def wait_until_sync(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:

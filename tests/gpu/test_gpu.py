@@ -19,9 +19,12 @@ from typing import Any
 import docker
 import pytest
 
-from dockerkernel import docker_ops, kernelspec
+from dockerkernel import kernelspec
+from dockerkernel.engine.gpus import gpu_support
+from dockerkernel.engine.images import image_present
 from dockerkernel.gpus import GpuSupport
-from dockerkernel.spec import GPUS_SHARED, LABEL_GPUS
+from dockerkernel.labels import LABEL_GPUS
+from dockerkernel.plan import GPUS_SHARED
 
 pytestmark = pytest.mark.docker
 
@@ -37,9 +40,9 @@ TORCH = (
 
 @pytest.fixture
 def support(dockerkernel: Any, docker_client: docker.DockerClient) -> GpuSupport:
-    if not docker_ops.image_present(docker_client, GPU_IMAGE):
+    if not image_present(docker_client, GPU_IMAGE):
         assert dockerkernel("pull", GPU_IMAGE).code == 0
-    found = docker_ops.gpu_support(docker_client, GPU_IMAGE, fresh=True)
+    found = gpu_support(docker_client, GPU_IMAGE, fresh=True)
     if not found.gpus:
         pytest.fail(f"the GPU checks need a Docker daemon that gives containers GPUs: {found.detail}")
     return found

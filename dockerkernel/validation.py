@@ -1,4 +1,10 @@
-"""Reading a kernelspec's dockerkernel settings, with an error for every key that is wrong."""
+"""Checking a kernelspec's settings: their names and values, and what a start or a backend needs of them.
+
+settings.py declares the settings (traits, with their help); this module reads
+a kernelspec's into them, with an error for every key that is wrong, and
+checks, before anything is asked of Docker, what would make a start fail later
+and less clearly.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from typing import Any, TypeVar
 
 from traitlets import TraitError
 
-from . import errors
+from . import errors, swarm
 from .errors import DockerKernelError
 from .settings import DockerSettings, parse_volume
 
@@ -37,6 +43,7 @@ def check_launchable(settings: DockerSettings, kernel_name: str, cwd: str) -> No
     """Check, before Docker is asked, what would make a kernel start fail in a less clear way."""
     if not settings.image:
         raise DockerKernelError(errors.NO_IMAGE.format(kernel=kernel_name))
+    check_swarm(settings, kernel_name, installing=False)
     if not os.path.isdir(cwd):
         raise DockerKernelError(errors.NOTEBOOK_DIR_MISSING.format(path=cwd))
     if settings.mount not in ("auto", "notebook") and not _reachable(settings.mount):
@@ -65,6 +72,20 @@ def check_warm_pool(settings: DockerSettings, kernel_name: str) -> None:
         where = "a swarm" if settings.backend == "swarm" else host.url
         raise DockerKernelError(
             errors.WARM_POOL_NOT_LOCAL.format(kernel=kernel_name, size=settings.warm_pool, where=where)
+        )
+
+
+def check_swarm(settings: DockerSettings, kernel_name: str, *, installing: bool = True) -> None:
+    """A Swarm kernel only with settings that a Swarm service honours (see swarm.refusal)."""
+    if settings.backend != "swarm":
+        return
+    refused = swarm.refusal(settings, installing=installing)
+    if refused is not None:
+        setting, instead = refused
+        raise DockerKernelError(
+            errors.SWARM_SETTING_REFUSED.format(
+                kernel=kernel_name, setting=setting, value=repr(getattr(settings, setting)), instead=instead
+            )
         )
 
 
