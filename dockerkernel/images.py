@@ -43,6 +43,11 @@ try:
     version = ipykernel.__version__
 except Exception:
     version = None
+try:  # JupyterLab's debugger: ipykernel 6 and later speak its protocol through debugpy
+    import debugpy
+    has_debugpy = True
+except Exception:
+    has_debugpy = False
 try:  # encrypted kernel channels (CurveZMQ), in the newest ipykernels
     import inspect
     from ipykernel.heartbeat import Heartbeat
@@ -60,6 +65,7 @@ print(json.dumps({
     "libc": libc,
     "wide_unicode": sys.maxunicode > 65535,
     "curve": curve,
+    "debugpy": has_debugpy,
 }))
 """
 
@@ -77,15 +83,27 @@ class ImageProbe:
     libc: str  # e.g. "glibc 2.36"; "" for musl and others
     wide_unicode: bool
     curve: bool = False  # its ipykernel can encrypt the kernel channels with CurveZMQ
+    debugpy: bool = False  # debugpy imports: with ipykernel 6 or later, JupyterLab's debugger works
 
     @property
     def major_minor(self) -> tuple[int, int]:
         major, minor = self.python.split(".")[:2]
         return int(major), int(minor)
 
+    def no_debugger(self) -> str:
+        """Why JupyterLab's debugger cannot work with this image's kernel; '' where it can."""
+        if self.major_minor[0] < 3:
+            return f"Python {self.python} has no debugpy"
+        if self.ipykernel is None or int(self.ipykernel.split(".")[0]) < 6:
+            return f"ipykernel {self.ipykernel} is older than 6, the first with a debugger"
+        if not self.debugpy:
+            return "debugpy is not installed in the image (pip install debugpy)"
+        return ""
+
     def metadata(self) -> dict[str, Any]:
         data = asdict(self)
         del data["wide_unicode"]
+        data["debugger"] = not self.no_debugger()
         return data
 
 
@@ -244,11 +262,13 @@ def build(
             raise DockerKernelError(errors.BUILD_FAILED.format(what=what, reason=reason)) from e
 
 
-def build_dockerfile(client: docker.DockerClient, path: str, tag: str, show: Show) -> str:
-    """Build the Dockerfile at ``path`` (its folder is the build context) as ``tag``."""
+def build_dockerfile(
+    client: docker.DockerClient, path: str, tag: str, show: Show, labels: dict[str, str] | None = None
+) -> str:
+    """Build the Dockerfile at ``path`` (its folder is the build context) as ``tag``, with ``labels``."""
     if not os.path.isfile(path):
         raise DockerKernelError(errors.DOCKERFILE_MISSING.format(path=path))
     context = os.path.dirname(os.path.abspath(path))
     show(f"Building {tag} from {path}:")
-    build(client, context, tag, path, show, dockerfile=os.path.basename(path))
+    build(client, context, tag, path, show, dockerfile=os.path.basename(path), labels=labels)
     return tag

@@ -39,6 +39,7 @@ class InstalledKernel:
     tls_cert: str = ""
     tls_key: str = ""
     pinned: str = ""  # the digest or id that the kernel starts, where it is pinned
+    discovered: bool = False  # written by `dockerkernel scan --install` (discovery.sync), not by a user
 
     @property
     def host(self) -> DockerHost:
@@ -90,8 +91,8 @@ def kernel_json(
         "env": dict(env),
         "metadata": {
             "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": dict(config)},
-            # The debugger would need debugpy in the image and ports we do not publish.
-            "debugger": False,
+            # JupyterLab shows its debugger for kernelspecs that say so: where the probe found it works.
+            "debugger": bool((metadata or {}).get("probe", {}).get("debugger")),
         },
     }
     if metadata:
@@ -191,6 +192,7 @@ def installed(manager: KernelSpecManager | None = None) -> list[InstalledKernel]
                 tls_cert=config.get("tls_cert", ""),
                 tls_key=config.get("tls_key", ""),
                 pinned=config.get("pinned_image", ""),
+                discovered="discovered" in spec.get("metadata", {}).get("dockerkernel", {}),
             )
         )
     return rows

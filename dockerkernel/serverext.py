@@ -14,6 +14,11 @@ image it ran on: the record that a dockerkernel kernel puts in its
 ``language_info`` (see provenance.py) is copied to the notebook's top-level
 ``metadata.dockerkernel``, where JupyterLab leaves it alone.
 
+With ``c.DockerKernelDiscovery.sync = True`` it also keeps the kernelspecs of
+the engine's labelled images in step (see discovery.py): every ``interval``
+seconds, in a thread, one image-list call; a new labelled image gets its
+kernelspec, and a removed one loses it. No container starts for it.
+
 pip enables the extension on install, through
 etc/jupyter/jupyter_server_config.d/dockerkernel.json.
 """
@@ -23,10 +28,63 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from . import channels, kernelspec, provenance
+from tornado.ioloop import PeriodicCallback
+from traitlets import Bool, Float
+from traitlets.config import LoggingConfigurable
+
+from . import channels, discovery, kernelspec, provenance
 from .backends import prune_host
+from .engine.connect import get_client
 from .engine.owners import owner_alive
 from .errors import DockerKernelError
+from .threads import executor
+
+
+class DockerKernelDiscovery(LoggingConfigurable):
+    """Kernelspecs for the engine's labelled images, kept in step by a Jupyter server."""
+
+    sync = Bool(
+        False,
+        help="""Keep a kernelspec for each of the Docker engine's images labelled
+        org.dockerkernel.kernel, as `dockerkernel scan --install` does: a new one appears
+        in JupyterLab's launcher at its next refresh, a removed one disappears. Only the
+        kernelspecs that discovery wrote are changed.""",
+    ).tag(config=True)
+
+    interval = Float(20.0, help="Seconds between two looks at the engine's images.").tag(config=True)
+
+    _running = False
+    _told: set[str]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._told = set()
+
+    def start(self) -> None:
+        """Look now, and every ``interval`` seconds, in a thread: the Docker SDK blocks."""
+        self._look()
+        PeriodicCallback(self._look, self.interval * 1000).start()
+
+    def _look(self) -> None:
+        if not self._running:  # a look that takes longer than the interval is not doubled
+            self._running = True
+            executor.submit(self._sync).add_done_callback(lambda _: setattr(self, "_running", False))
+
+    def _sync(self) -> None:
+        try:
+            found, skipped = discovery.scan(get_client())
+            done = discovery.sync(found)
+        except DockerKernelError as e:
+            self.log.warning("dockerkernel: could not look for labelled images: %s", e)
+            return
+        for s in skipped:
+            if s.reference not in self._told:  # once per image, not at every look
+                self._told.add(s.reference)
+                self.log.warning("dockerkernel: skipped image %s: %s", s.reference, s.reason)
+        for name in done.added + done.updated:
+            self.log.info("dockerkernel: kernelspec %s for a labelled image", name)
+        for name in done.removed:
+            self.log.info("dockerkernel: removed kernelspec %s: its image is gone", name)
 
 
 def keep_record(model: dict[str, Any], **kwargs: Any) -> None:
@@ -47,6 +105,9 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     if "fallback_kernel" not in provisioner_config:
         provisioner_config.fallback_kernel = True
     serverapp.contents_manager.register_pre_save_hook(keep_record)
+    finder = DockerKernelDiscovery(parent=serverapp)
+    if finder.sync:
+        finder.start()
 
     def prune() -> None:
         channels.prune(owner_alive)  # the sockets' folders of this user's dead servers

@@ -15,6 +15,7 @@ import docker
 import pytest
 
 from dockerkernel import errors, images
+from dockerkernel.discovery import LABEL_IMAGE_KERNEL
 from dockerkernel.images import ImageProbe
 
 from conftest import BARE
@@ -197,6 +198,12 @@ async def test_install_builds_a_dockerfile_and_runs_a_kernel_in_the_result(
     assert "Successfully tagged dockerkernel/my-env:latest" in result.err
     config = read_spec(jupyter_dirs, "my-env")["metadata"]["kernel_provisioner"]["config"]
     assert (config["image"], config["pull_policy"]) == ("dockerkernel/my-env:latest", "never")
+    # Labelled as a kernel, so that `dockerkernel scan` finds it on any engine it goes to.
+    label = docker_client.images.get("dockerkernel/my-env:latest").labels[LABEL_IMAGE_KERNEL]
+    assert json.loads(label) == {
+        "display_name": "my-env (Docker: dockerkernel/my-env:latest)",
+        "name": "my-env",
+    }
     try:
         kernel = await start_kernel("my-env", cwd=str(notebook_dir))
         assert (
@@ -235,3 +242,35 @@ def test_python2_preset_adds_ipykernel_4_10(
     spec = read_spec(jupyter_dirs, "py2-preset")
     assert spec["metadata"]["dockerkernel"]["probe"]["ipykernel"] == "4.10.1"
     assert spec["metadata"]["kernel_provisioner"]["config"]["kernel_cmd"][0] == "python"
+
+
+def test_the_debugger_needs_python_3_ipykernel_6_and_debugpy() -> None:
+    def probe(python: str = "3.11.2", ipykernel: str | None = "7.4.0", debugpy: bool = True) -> ImageProbe:
+        return ImageProbe(
+            "sha256:" + "ab" * 32, python, ipykernel, "x86_64", "glibc 2.36", True, debugpy=debugpy
+        )
+
+    assert probe().no_debugger() == "" and probe().metadata()["debugger"] is True
+    assert probe("2.7.18", "4.10.1", False).no_debugger() == "Python 2.7.18 has no debugpy"
+    assert (
+        probe(ipykernel="5.5.6").no_debugger() == "ipykernel 5.5.6 is older than 6, the first with a debugger"
+    )
+    assert "pip install debugpy" in probe(debugpy=False).no_debugger()
+    assert probe(debugpy=False).metadata()["debugger"] is False
+
+
+@pytest.mark.docker
+def test_jupyterlab_shows_its_debugger_where_the_image_can_run_it(
+    dockerkernel: Any, jupyter_dirs: Path, test_images: dict[str, str]
+) -> None:
+    """The kernelspec's metadata.debugger, read by JupyterLab, from the probe; install says once why not."""
+    py3 = dockerkernel("install", "--image", test_images["py3"], "--name", "with-debugger")
+    assert py3.code == 0, py3.err
+    assert read_spec(jupyter_dirs, "with-debugger")["metadata"]["debugger"] is True
+    assert "debugger" not in py3.err
+    py2 = dockerkernel(
+        "install", "--image", test_images["py2"], "--name", "no-debugger", "--python", "python"
+    )
+    assert py2.code == 0, py2.err
+    assert read_spec(jupyter_dirs, "no-debugger")["metadata"]["debugger"] is False
+    assert py2.err.count("JupyterLab's debugger is off for this kernel: Python 2.7.18 has no debugpy.") == 1

@@ -1,7 +1,7 @@
 """JupyterLab in a real browser: pick a Docker kernel, switch Python 2 -> 3, interrupt from the toolbar.
 
 Chromium is Debian's (/usr/bin/chromium), driven by Playwright. Screenshots go
-to $DOCKERKERNEL_TEST_ARTIFACTS (default: test-artifacts/). Every wait is on a
+to $DOCKERKERNEL_TEST_ARTIFACTS (default: the checkout's test-artifacts/). Every wait is on a
 condition in the page, with a timeout.
 """
 
@@ -27,7 +27,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 KERNEL_START = 60_000  # ms: a kernel start, image already present
-ARTIFACTS = Path(os.environ.get("DOCKERKERNEL_TEST_ARTIFACTS", "test-artifacts"))
+# The checkout's test-artifacts/, whatever folder a test runs its client in.
+ARTIFACTS = Path(os.environ.get("DOCKERKERNEL_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts"))
 
 
 @pytest.fixture
@@ -152,6 +153,57 @@ async def test_a_kernel_that_cannot_start_shows_why_in_the_notebook(
         await expect(output).to_contain_text(f"Docker image '{image}' could not be pulled")
         await expect(output).to_contain_text("or build the image locally.")
         await screenshot(page, "lab-start-error.png")
+    except Exception:
+        await screenshot(page, "lab-failure.png")
+        print(server.log())
+        raise
+
+
+async def test_the_debugger_stops_at_a_breakpoint_shows_the_variables_and_steps_over(
+    kernels: dict[str, str],
+    notebook_dir: Path,
+    jupyter_server: Any,
+    lab_settings: None,
+    browser: Browser,
+) -> None:
+    """JupyterLab's debugger, over the kernel's own control channel: its kernelspec says it can (the probe
+    found ipykernel 7 and debugpy in the image)."""
+    notebook = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": kernels["py3"], "display_name": "Docker py3", "language": "python"}}
+    )
+    notebook.cells = [nbformat.v4.new_code_cell("x = 6 * 7\ny = x + 1\nprint('y is', y)")]
+    nbformat.write(notebook, notebook_dir / "debug.ipynb")
+    server = await jupyter_server(notebook_dir.parent, app="jupyterlab")
+
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    await page.goto(server.lab_url("project/debug.ipynb"))
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(0)
+    variables = page.locator(".jp-DebuggerVariables-body:not(.lm-mod-hidden)")
+    try:
+        await expect(status_bar(page, "Docker py3 | Idle")).to_be_visible(timeout=KERNEL_START)
+        bug = page.locator(".jp-NotebookPanel-toolbar .jp-DebuggerBugButton")
+        await expect(bug).to_be_enabled(timeout=10_000)
+        await bug.click()
+        # A breakpoint on the second line: a click in the breakpoint gutter, level with it.
+        gutter = await cell.locator(".cm-gutter.cm-breakpoint-gutter").bounding_box()
+        line = await cell.locator(".cm-line").nth(1).bounding_box()
+        assert gutter is not None and line is not None
+        await page.mouse.click(gutter["x"] + gutter["width"] / 2, line["y"] + line["height"] / 2)
+        await expect(page.locator(".jp-DebuggerBreakpoint-line")).to_have_text("2")
+        await run_cell(page, 0)
+        # Stopped there: the call stack shows the cell, and the variables panel x's value.
+        await expect(page.locator(".jp-DebuggerCallstackFrame").first).to_be_visible(timeout=30_000)
+        await expect(page.locator(".jp-DebuggerCallstackFrame-location").first).to_contain_text("Cell [*]:2")
+        await expect(variables).to_contain_text("42")
+        await expect(variables).not_to_contain_text("43")
+        await screenshot(page, "lab-debugger-breakpoint.png")
+        # Step over: y is made.
+        await page.locator(".jp-DebuggerSidebar").get_by_title("Next").first.click()
+        await expect(page.locator(".jp-DebuggerCallstackFrame-location").first).to_contain_text("Cell [*]:3")
+        await expect(variables).to_contain_text("43")
+        await page.locator(".jp-DebuggerSidebar").get_by_title("Continue").first.click()
+        await expect(cell.locator(".jp-OutputArea-output")).to_contain_text("y is 43", timeout=30_000)
+        await expect(status_bar(page, "Docker py3 | Idle")).to_be_visible()
     except Exception:
         await screenshot(page, "lab-failure.png")
         print(server.log())

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DockerKernelError
-from .install import cmd_install, cmd_pull, cmd_uninstall
+from .install import cmd_install, cmd_pull, cmd_scan, cmd_uninstall
 from .kernels import cmd_doctor, cmd_launch, cmd_list, cmd_pin, cmd_presets, cmd_prune, cmd_ps, cmd_unpin
 from .parser import build_parser
 from .runs import cmd_run
@@ -27,6 +27,7 @@ COMMANDS = {
     "pin": cmd_pin,
     "unpin": cmd_unpin,
     "presets": cmd_presets,
+    "scan": cmd_scan,
     "pull": cmd_pull,
     "ps": cmd_ps,
     "run": cmd_run,

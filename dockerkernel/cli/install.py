@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
+from dataclasses import replace
 from typing import Any
 
-from .. import errors, images, kernelspec, policy
+from .. import discovery, errors, images, kernelspec, policy
+from ..discovery import LABEL_IMAGE_KERNEL
 from ..engine.connect import get_client
 from ..engine.containers import remove_container, waiting_in_pool
 from ..engine.homes import remove_home
@@ -23,6 +26,7 @@ from ..launch import channels_for
 from ..pulls import PullBars
 from ..settings import DEFAULT_KERNEL_CMD, DockerSettings
 from ..validation import check_swarm, check_warm_pool, make_settings
+from .kernels import text_table
 
 
 def _default_name(image: str) -> str:
@@ -111,7 +115,10 @@ def cmd_install(args: argparse.Namespace) -> int:
     metadata: dict[str, Any] = {}
     if args.dockerfile:
         client = get_client(host)
-        images.build_dockerfile(client, args.dockerfile, config["image"], _show)
+        # Labelled as a kernel, so that `dockerkernel scan` finds it elsewhere too (discovery.py).
+        label = {"display_name": display_name, "name": name, **_portable(config)}
+        labels = {LABEL_IMAGE_KERNEL: json.dumps(label, sort_keys=True)}
+        images.build_dockerfile(client, args.dockerfile, config["image"], _show, labels)
         config["pull_policy"] = "never"  # built here: there is nothing to pull
     elif not args.no_pull:
         # Pull before installing, so that a kernelspec is never left naming an image that cannot be had.
@@ -134,6 +141,42 @@ def cmd_install(args: argparse.Namespace) -> int:
         replace=args.replace,
     )
     print(f"Installed kernelspec {name} in {path}")
+    return 0
+
+
+# Settings that say where an engine is, or are made by install: not for an image's label.
+NOT_IN_LABEL = frozenset(
+    ["image", "pull_policy", "pinned_image", "docker_host", "tls_ca", "tls_cert", "tls_key"]
+)
+
+
+def _portable(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``config`` that hold wherever the image goes."""
+    return {k: v for k, v in config.items() if k not in NOT_IN_LABEL}
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    host = DockerHost(args.host or "")
+    found, skipped = discovery.scan(get_client(host), probe_all=args.all, cache=discovery.cache_file())
+    for s in skipped:
+        print(f"skipped {s.reference}: {s.reason}", file=sys.stderr)
+    if not args.install:
+        if found:
+            rows = [(f.name, f.reference, f.display_name, "label" if f.labelled else "probe") for f in found]
+            print(text_table([("NAME", "IMAGE", "DISPLAY NAME", "FOUND BY"), *rows]))
+        else:
+            print("No image here says it is a kernel: label one org.dockerkernel.kernel, or try --all.")
+        return 0
+    if host.url:
+        found = [replace(f, config={**f.config, "docker_host": host.url}) for f in found]
+    done = discovery.sync(found)
+    for verb, names in (("added", done.added), ("updated", done.updated), ("removed", done.removed)):
+        for name in names:
+            print(f"{verb} kernelspec {name}")
+    for name in done.not_ours:
+        print(f"left kernelspec {name} alone: it is not one that scan wrote", file=sys.stderr)
+    if not (done.added or done.updated or done.removed):
+        print("The kernelspecs are in step with the images.")
     return 0
 
 
@@ -188,6 +231,8 @@ def _make_kernel_ready(args: argparse.Namespace, config: dict[str, Any], host: D
     if args.curve and not found.curve:
         raise DockerKernelError(errors.CURVE_UNSUPPORTED.format(version=found.ipykernel, image=image))
     _show(f"Image {config['image']}: Python {found.python}, ipykernel {found.ipykernel}.")
+    if found.no_debugger():
+        _show(f"JupyterLab's debugger is off for this kernel: {found.no_debugger()}.")
     metadata["probe"] = found.metadata()
     return metadata
 

@@ -113,6 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the presets that `install` knows")
 
+    p = sub.add_parser(
+        "scan",
+        help="list the engine's images that can be kernels: those labelled org.dockerkernel.kernel",
+        description="Images are kernels where their label org.dockerkernel.kernel says so (a JSON "
+        'object: display_name, name and any settings, e.g. \'{"display_name": "Torch", "gpus": "all"}\'). '
+        "Listing them is one image-list call; no container starts but with --all.",
+    )
+    p.add_argument(
+        "--all", action="store_true", help="also probe unlabelled images for ipykernel, each image once"
+    )
+    p.add_argument(
+        "--install",
+        action="store_true",
+        help="write a kernelspec for each, named after its repository and tag, and remove those that "
+        "scan wrote for images that are gone; kernelspecs you installed are left alone",
+    )
+    p.add_argument("--host", metavar="URL", help=_help("docker_host"))
+
     p = sub.add_parser("pull", help="pull the image of a kernelspec or preset, or any image, with progress")
     p.add_argument("target", metavar="NAME|IMAGE", help="an installed kernelspec, a preset, or an image")
 
