@@ -83,7 +83,7 @@ def test_argv_is_understood_by_our_own_launcher(dockerkernel: Any, jupyter_dirs:
     )
 
 
-@pytest.mark.parametrize("preset", ["python3", "dl-pytorch", "dl-keras"])
+@pytest.mark.parametrize("preset", ["scipy", "dl-pytorch", "dl-keras"])
 def test_install_preset(dockerkernel: Any, jupyter_dirs: Path, preset: str) -> None:
     assert dockerkernel("install", preset, "--no-pull").code == 0
     config = read_spec(jupyter_dirs / "data" / "kernels" / preset)["metadata"]["kernel_provisioner"]["config"]
