@@ -109,6 +109,8 @@ def _dockerkernel_start(notice, stream, chained):
         info = dict(kernel.language_info)
         info[{key!r}] = record
         kernel.language_info = info
+    if kernel is not None and "usage_request" in getattr(kernel, "control_handlers", {{}}):
+        _dockerkernel_usage_within_limits(kernel)
     if notice:
         def show(*args):
             getattr(sys, stream).write(notice + "\\n")
@@ -120,8 +122,51 @@ def _dockerkernel_start(notice, stream, chained):
             exec(compile(f.read(), chained, "exec"), shell.user_ns)
 
 
+def _dockerkernel_usage_within_limits(kernel):
+    # The usage panel's reply (jupyter-resource-usage) reads the host's memory and CPUs from /proc,
+    # which a container shares with its host: where the container has limits, it says those.
+    import math
+    def read(*paths):
+        for path in paths:
+            try:
+                with open(path) as f:
+                    return f.read().split()
+            except (IOError, OSError):
+                pass
+        return []
+    limit = read("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+    memory = int(limit[0]) if limit and limit[0].isdigit() and int(limit[0]) < 1 << 60 else 0
+    quota = read("/sys/fs/cgroup/cpu.max")
+    if not quota:
+        quota = read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") + read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+    cpus = 0
+    if len(quota) == 2 and quota[0].lstrip("-").isdigit() and int(quota[0]) > 0 and int(quota[1]) > 0:
+        cpus = int(math.ceil(float(quota[0]) / int(quota[1])))
+    if not (memory or cpus):
+        return
+    session = kernel.session
+    send = session.send
+
+    def send_within_limits(stream, msg_or_type, content=None, *args, **kwargs):
+        if msg_or_type == "usage_reply" and isinstance(content, dict):
+            content = dict(content)
+            if memory:
+                used = read("/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory/memory.usage_in_bytes")
+                used = int(used[0]) if used and used[0].isdigit() else 0
+                content["host_virtual_memory"] = dict(
+                    content.get("host_virtual_memory") or {{}},
+                    total=memory, used=used, available=max(memory - used, 0),
+                    percent=round(100.0 * used / memory, 1),
+                )
+            if cpus:
+                content["cpu_count"] = cpus
+        return send(stream, msg_or_type, content, *args, **kwargs)
+
+    session.send = send_within_limits
+
+
 _dockerkernel_start({notice!r}, {stream!r}, {chained!r})
-del _dockerkernel_start
+del _dockerkernel_start, _dockerkernel_usage_within_limits
 """
 
 

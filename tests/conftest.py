@@ -39,6 +39,7 @@ PYTHONS = {"py3": "python3", "py2": "python", "torch": "python3"}
 FLAVOURS = list(IMAGES)
 # Python and nothing else, no pip, no ipykernel: for making images kernel-ready.
 BARE = {"py3": "dockerkernel-test/bare-py3", "py2": "dockerkernel-test/bare-py2"}
+WIDGETS = "dockerkernel-test/widgets"  # py3 with ipywidgets
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +97,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
         client.ping()
     except Exception as e:
         pytest.fail(f"these tests need a Docker engine ({e}); tests/run.sh installs and starts one")
-    for image in [*IMAGES.values(), *BARE.values()]:
+    for image in [*IMAGES.values(), *BARE.values(), WIDGETS]:
         try:
             client.images.get(image)
         except docker.errors.ImageNotFound:

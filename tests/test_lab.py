@@ -15,8 +15,11 @@ from typing import Any
 
 import docker
 import nbformat
+import psutil
 import pytest
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+
+from conftest import WIDGETS
 
 pytestmark = pytest.mark.docker
 
@@ -208,3 +211,76 @@ async def test_the_debugger_stops_at_a_breakpoint_shows_the_variables_and_steps_
         await screenshot(page, "lab-failure.png")
         print(server.log())
         raise
+
+
+async def test_a_widget_shows_and_its_value_reaches_the_kernel(
+    dockerkernel: Any,
+    notebook_dir: Path,
+    jupyter_server: Any,
+    lab_settings: None,
+    browser: Browser,
+) -> None:
+    """ipywidgets in the image, jupyterlab_widgets in the server: the widget's comm runs over the
+    kernel's channels like any message."""
+    name = "widgets"
+    installed = dockerkernel(
+        "install", "--image", WIDGETS, "--name", name, "--display-name", "Docker widgets"
+    )
+    assert installed.code == 0, installed.err
+    notebook = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": name, "display_name": "Docker widgets", "language": "python"}}
+    )
+    code = (
+        "import ipywidgets as widgets\nslider = widgets.IntSlider(value=3, max=10, description='n')\nslider"
+    )
+    notebook.cells = [nbformat.v4.new_code_cell(code), nbformat.v4.new_code_cell("")]
+    nbformat.write(notebook, notebook_dir / "widgets.ipynb")
+    server = await jupyter_server(notebook_dir.parent, app="jupyterlab")
+
+    page = await browser.new_page(viewport={"width": 1280, "height": 720})
+    await page.goto(server.lab_url("project/widgets.ipynb"))
+    try:
+        await expect(status_bar(page, "Docker widgets | Idle")).to_be_visible(timeout=KERNEL_START)
+        await run_cell(page, 0)
+        slider = page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".widget-slider")
+        await expect(slider).to_be_visible(timeout=30_000)
+        await expect(slider.locator(".widget-readout")).to_have_text("3")
+        handle = slider.locator(".noUi-handle")
+        await handle.focus()
+        for _ in range(4):
+            await page.keyboard.press("ArrowRight")
+        await expect(slider.locator(".widget-readout")).to_have_text("7")
+        await screenshot(page, "lab-widget.png")
+        await run_cell(page, 1, "print('the kernel has', slider.value)")
+        output = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-OutputArea-output")
+        await expect(output).to_contain_text("the kernel has 7", timeout=30_000)
+    except Exception:
+        await screenshot(page, "lab-failure.png")
+        print(server.log())
+        raise
+
+
+@pytest.mark.parametrize("limited", [True, False], ids=["with-limits", "without"])
+async def test_the_kernel_usage_panel_shows_the_containers_limits(
+    dockerkernel: Any, notebook_dir: Path, jupyter_server: Any, limited: bool
+) -> None:
+    """What jupyter-resource-usage's kernel usage panel shows, from the request it makes for it: the
+    kernel's usage_request on its control channel, answered in the container."""
+    limits = ("--mem-limit", "300m", "--cpus", "1.5") if limited else ()
+    installed = dockerkernel("install", "--image", "dockerkernel-test/py3", "--name", "usage", *limits)
+    assert installed.code == 0, installed.err
+    server = await jupyter_server(notebook_dir.parent)
+    kernel = await server.api("POST", "/api/kernels", {"name": "usage"})
+    try:
+        usage = await server.api("GET", f"/api/metrics/v1/kernel_usage/get_usage/{kernel['id']}")
+        content = usage["content"]
+        assert content["kernel_memory"] > 10_000_000  # the kernel's own processes
+        if limited:
+            assert content["host_virtual_memory"]["total"] == 300 * 1024 * 1024
+            assert 0 < content["host_virtual_memory"]["used"] < 300 * 1024 * 1024
+            assert content["cpu_count"] == 2  # 1.5 CPUs, rounded up
+        else:
+            assert content["host_virtual_memory"]["total"] == psutil.virtual_memory().total
+            assert content["cpu_count"] == psutil.cpu_count()
+    finally:
+        await server.api("DELETE", f"/api/kernels/{kernel['id']}")
