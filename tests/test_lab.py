@@ -7,6 +7,7 @@ condition in the page, with a timeout.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import AsyncIterator
@@ -284,3 +285,42 @@ async def test_the_kernel_usage_panel_shows_the_containers_limits(
             assert content["cpu_count"] == psutil.cpu_count()
     finally:
         await server.api("DELETE", f"/api/kernels/{kernel['id']}")
+
+
+async def test_a_labelled_image_appears_in_the_launcher_with_no_restart(
+    notebook_dir: Path,
+    jupyter_dirs: Path,
+    jupyter_server: Any,
+    lab_settings: None,
+    browser: Browser,
+    docker_client: docker.DockerClient,
+) -> None:
+    """With DockerKernelDiscovery.sync, the server writes its kernelspec; JupyterLab's launcher shows it at
+    its next refresh of the kernelspecs, which JupyterLab makes every 61 s."""
+    (jupyter_dirs / "config" / "jupyter_server_config.json").write_text(
+        json.dumps({"DockerKernelDiscovery": {"sync": True, "interval": 2}})
+    )
+    server = await jupyter_server(notebook_dir.parent, app="jupyterlab")
+    page = await browser.new_page(viewport={"width": 1280, "height": 720})
+    await page.goto(f"{server.url}/lab?token={server.token}")
+    image = "dktest-launcher/fresh:1"
+    card = page.locator(".jp-LauncherCard").filter(has_text="Fresh from a label")
+    try:
+        await expect(page.locator(".jp-LauncherCard").first).to_be_visible(timeout=30_000)
+        await expect(card).to_have_count(0)
+        label = json.dumps({"display_name": "Fresh from a label"})
+        dockerfile = b"FROM dockerkernel-test/py3\n"
+        docker_client.images.build(
+            fileobj=io.BytesIO(dockerfile), tag=image, labels={"org.dockerkernel.kernel": label}, rm=True
+        )
+        await expect(card.first).to_be_visible(timeout=90_000)
+        await screenshot(page, "lab-discovered-kernel.png")
+    except Exception:
+        await screenshot(page, "lab-failure.png")
+        print(server.log())
+        raise
+    finally:
+        try:
+            docker_client.images.remove(image, force=True)
+        except docker.errors.ImageNotFound:
+            pass
