@@ -11,6 +11,7 @@ import io
 import json
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,17 @@ async def run_cell(page: Page, index: int, code: str | None = None) -> None:
     await page.keyboard.press("Shift+Enter")
 
 
+@asynccontextmanager
+async def failure_shown(page: Page, server: Any) -> AsyncIterator[None]:
+    """On a failure in its block: a screenshot of the page, and the server's log, then the failure."""
+    try:
+        yield
+    except Exception:
+        await screenshot(page, "lab-failure.png")
+        print(server.log())
+        raise
+
+
 async def screenshot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=ARTIFACTS / name)
@@ -97,7 +109,7 @@ async def test_switch_kernels_and_interrupt_in_jupyterlab(
     page = await browser.new_page(viewport={"width": 1280, "height": 720})
     await page.goto(server.lab_url("project/switch.ipynb"))
     first_output = page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".jp-OutputArea-output")
-    try:
+    async with failure_shown(page, server):
         await pick_kernel(page, "Docker py2")
         await run_cell(page, 0, "import sys; print(sys.version)")
         await expect(first_output).to_contain_text("2.7.", timeout=KERNEL_START)
@@ -124,10 +136,6 @@ async def test_switch_kernels_and_interrupt_in_jupyterlab(
         await expect(second_output).to_contain_text("KeyboardInterrupt", timeout=10_000)
         await expect(status_bar(page, "Docker py3 | Idle")).to_be_visible()
         await screenshot(page, "lab-interrupt.png")
-    except Exception:
-        await screenshot(page, "lab-failure.png")
-        print(server.log())
-        raise
 
 
 async def test_a_kernel_that_cannot_start_shows_why_in_the_notebook(
@@ -150,17 +158,13 @@ async def test_a_kernel_that_cannot_start_shows_why_in_the_notebook(
 
     page = await browser.new_page(viewport={"width": 1280, "height": 720})
     await page.goto(server.lab_url("project/broken.ipynb"))
-    try:
+    async with failure_shown(page, server):
         await expect(status_bar(page, "Broken | Idle")).to_be_visible(timeout=KERNEL_START)
         await run_cell(page, 0, "print('hello')")
         output = page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".jp-OutputArea-output")
         await expect(output).to_contain_text(f"Docker image '{image}' could not be pulled")
         await expect(output).to_contain_text("or build the image locally.")
         await screenshot(page, "lab-start-error.png")
-    except Exception:
-        await screenshot(page, "lab-failure.png")
-        print(server.log())
-        raise
 
 
 async def test_the_debugger_stops_at_a_breakpoint_shows_the_variables_and_steps_over(
@@ -183,7 +187,7 @@ async def test_the_debugger_stops_at_a_breakpoint_shows_the_variables_and_steps_
     await page.goto(server.lab_url("project/debug.ipynb"))
     cell = page.locator(".jp-Notebook .jp-Cell").nth(0)
     variables = page.locator(".jp-DebuggerVariables-body:not(.lm-mod-hidden)")
-    try:
+    async with failure_shown(page, server):
         await expect(status_bar(page, "Docker py3 | Idle")).to_be_visible(timeout=KERNEL_START)
         bug = page.locator(".jp-NotebookPanel-toolbar .jp-DebuggerBugButton")
         await expect(bug).to_be_enabled(timeout=10_000)
@@ -208,10 +212,6 @@ async def test_the_debugger_stops_at_a_breakpoint_shows_the_variables_and_steps_
         await page.locator(".jp-DebuggerSidebar").get_by_title("Continue").first.click()
         await expect(cell.locator(".jp-OutputArea-output")).to_contain_text("y is 43", timeout=30_000)
         await expect(status_bar(page, "Docker py3 | Idle")).to_be_visible()
-    except Exception:
-        await screenshot(page, "lab-failure.png")
-        print(server.log())
-        raise
 
 
 async def test_a_widget_shows_and_its_value_reaches_the_kernel(
@@ -240,7 +240,7 @@ async def test_a_widget_shows_and_its_value_reaches_the_kernel(
 
     page = await browser.new_page(viewport={"width": 1280, "height": 720})
     await page.goto(server.lab_url("project/widgets.ipynb"))
-    try:
+    async with failure_shown(page, server):
         await expect(status_bar(page, "Docker widgets | Idle")).to_be_visible(timeout=KERNEL_START)
         await run_cell(page, 0)
         slider = page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".widget-slider")
@@ -255,10 +255,6 @@ async def test_a_widget_shows_and_its_value_reaches_the_kernel(
         await run_cell(page, 1, "print('the kernel has', slider.value)")
         output = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-OutputArea-output")
         await expect(output).to_contain_text("the kernel has 7", timeout=30_000)
-    except Exception:
-        await screenshot(page, "lab-failure.png")
-        print(server.log())
-        raise
 
 
 @pytest.mark.parametrize("limited", [True, False], ids=["with-limits", "without"])
@@ -306,19 +302,16 @@ async def test_a_labelled_image_appears_in_the_launcher_with_no_restart(
     image = "dktest-launcher/fresh:1"
     card = page.locator(".jp-LauncherCard").filter(has_text="Fresh from a label")
     try:
-        await expect(page.locator(".jp-LauncherCard").first).to_be_visible(timeout=30_000)
-        await expect(card).to_have_count(0)
-        label = json.dumps({"display_name": "Fresh from a label"})
-        dockerfile = b"FROM dockerkernel-test/py3\n"
-        docker_client.images.build(
-            fileobj=io.BytesIO(dockerfile), tag=image, labels={"org.dockerkernel.kernel": label}, rm=True
-        )
-        await expect(card.first).to_be_visible(timeout=90_000)
-        await screenshot(page, "lab-discovered-kernel.png")
-    except Exception:
-        await screenshot(page, "lab-failure.png")
-        print(server.log())
-        raise
+        async with failure_shown(page, server):
+            await expect(page.locator(".jp-LauncherCard").first).to_be_visible(timeout=30_000)
+            await expect(card).to_have_count(0)
+            label = json.dumps({"display_name": "Fresh from a label"})
+            dockerfile = b"FROM dockerkernel-test/py3\n"
+            docker_client.images.build(
+                fileobj=io.BytesIO(dockerfile), tag=image, labels={"org.dockerkernel.kernel": label}, rm=True
+            )
+            await expect(card.first).to_be_visible(timeout=90_000)
+            await screenshot(page, "lab-discovered-kernel.png")
     finally:
         try:
             docker_client.images.remove(image, force=True)

@@ -1,4 +1,4 @@
-"""Kernel containers: create, list, signal, remove, and the ones that could not be removed yet."""
+"""Kernel containers: the plan as Docker's create arguments, create, list, signal, remove, leave behind."""
 
 from __future__ import annotations
 
