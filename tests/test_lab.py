@@ -114,6 +114,9 @@ async def test_switch_kernels_and_interrupt_in_jupyterlab(
         await run_cell(page, 0, "import sys; print(sys.version)")
         await expect(first_output).to_contain_text("2.7.", timeout=KERNEL_START)
         await screenshot(page, "lab-python2.png")
+        # Python 2 has no debugpy: its kernelspec says so, and JupyterLab's bug switch is off.
+        bug = page.locator(".jp-NotebookPanel-toolbar .jp-DebuggerBugButton")
+        await expect(bug).to_have_attribute("aria-disabled", "true")
         [py2_container] = docker_client.containers.list(
             filters={"label": f"org.dockerkernel.kernelspec={kernels['py2']}"}
         )
@@ -123,6 +126,7 @@ async def test_switch_kernels_and_interrupt_in_jupyterlab(
         await pick_kernel(page, "Docker py3")
         await run_cell(page, 0)
         await expect(first_output).to_contain_text("3.11.", timeout=KERNEL_START)
+        await expect(bug).not_to_have_attribute("aria-disabled", "true")  # py3 can be debugged
         await screenshot(page, "lab-python3.png")
         # The Python 2 kernel's container went with it.
         with pytest.raises(docker.errors.NotFound):
