@@ -49,6 +49,7 @@ class KernelFile:
     mode: int
     data: bytes | None = None
     root_owned: bool = False  # else it belongs to the kernel's user
+    source: str = ""  # for a file mounted read-only: where this machine keeps it (channels.account_path)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from .engine.containers import StartCancelled, create, remove_container, remove_
 from .engine.exits import watch_container
 from .engine.gpus import GpuLock, forget_gpu_support, gpu_holdings, gpu_support
 from .engine.homes import volume_exists
-from .engine.images import image_accounts, image_present, needs_pull, pull_image
+from .engine.images import image_accounts, inspect_image, pull_image, pull_wanted
 from .engine.kind import engine_of
 from .errors import DockerKernelError, GpusUnavailable
 from .gpus import GpuSupport
@@ -91,7 +91,7 @@ def start_kernel(
     """
     client = get_client(draft.host)
     remove_left_behind(client)
-    ensure_image(client, draft, pull_policy, kernel_log)
+    image = ensure_image(client, draft, pull_policy, kernel_log)
     if cancelled is not None and cancelled.is_set():
         raise StartCancelled(draft.image)
     with state_of(client).start_slots:
@@ -100,7 +100,7 @@ def start_kernel(
             support = gpu_support(client, draft.image).with_inventory(draft.gpu_inventory)
         lock = GpuLock(client, draft.image) if draft.gpus.isdigit() and support and support.gpus else None
         with lock or nullcontext():
-            plan = finish(draft, gather(client, draft, support))
+            plan = finish(draft, gather(client, draft, support, image))
             if plan.notice:
                 (kernel_log.warning if plan.notice_stream == "stderr" else kernel_log.info)("%s", plan.notice)
             try:
@@ -113,26 +113,41 @@ def start_kernel(
 
 def ensure_image(
     client: docker.DockerClient, plan: ContainerPlan, pull_policy: str, kernel_log: KernelLog
-) -> None:
-    """Have the plan's image on the engine, pulled as ``pull_policy`` says, its progress in ``kernel_log``."""
+) -> dict[str, Any] | None:
+    """Have the plan's image on the engine, pulled as ``pull_policy`` says, its progress in ``kernel_log``.
+
+    Returns the engine's inspection of the image where it was there already,
+    for gather(); None after a pull.
+    """
     if plan.image.startswith("sha256:"):  # pinned to an image built here: no registry has it
-        if not image_present(client, plan.image):
+        found = inspect_image(client, plan.image)
+        if found is None:
             raise DockerKernelError(
                 errors.PINNED_IMAGE_GONE.format(kernel=plan.kernel_name, image=plan.image)
             )
-    elif needs_pull(client, plan.image, pull_policy):
-        progress = PullLog(plan.image, kernel_log)
-        pull_image(client, plan.image, progress)
-        progress.finished()
+        return found
+    found = None if pull_policy == "always" else inspect_image(client, plan.image)
+    if not pull_wanted(found is not None, plan.image, pull_policy):
+        return found
+    progress = PullLog(plan.image, kernel_log)
+    pull_image(client, plan.image, progress)
+    progress.finished()
+    return None
 
 
-def gather(client: docker.DockerClient, draft: ContainerPlan, gpus: GpuSupport | None) -> Facts:
+def gather(
+    client: docker.DockerClient,
+    draft: ContainerPlan,
+    gpus: GpuSupport | None,
+    image: dict[str, Any] | None = None,
+) -> Facts:
     """What finishing ``draft`` needs to know of the engine and this machine; ``gpus`` how the engine
-    gives GPUs, where the kernel asks for them (then called under the engine's GPU lock)."""
+    gives GPUs, where the kernel asks for them (then called under the engine's GPU lock), and
+    ``image`` the engine's inspection of the image where ensure_image() made it already."""
     engine = engine_of(client)
     try:
         with daemon_errors():
-            image = client.api.inspect_image(draft.image)
+            image = image or client.api.inspect_image(draft.image)
             # A user of its own gets passwd and group entries, added to the image's.
             has_user = for_engine(draft, engine).identity is not None
             accounts = image_accounts(client, str(image["Id"])) if has_user else None
@@ -165,8 +180,7 @@ def act(client: docker.DockerClient, plan: ContainerPlan, created: Callable[[], 
     for file in plan.files.in_folder:
         channels.write_private(host_path(plan.channels, file), file.data or b"", file.mode)
     for file in plan.files.mounted:
-        data = file.data or b""
-        channels.store_account_file(channels.account_path(plan.channels.folder, data), data)
+        channels.store_account_file(file.source, file.data or b"")
     container = None
     try:
         with daemon_errors():

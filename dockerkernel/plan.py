@@ -587,8 +587,13 @@ def with_files(plan: ContainerPlan, facts: Facts) -> ContainerPlan:
     if home is not None and plan.home is not None and plan.channels.carries_files and facts.home_exists:
         home = None
     placed = place_files(plan, kernel_files(plan, passwd, group), home)
-    sources = {f.path: channels_mod.account_path(plan.channels.folder, f.data or b"") for f in placed.mounted}
-    return replace(with_read_only_files(plan, sources, facts.engine.selinux), files=placed)
+    folder = plan.channels.folder
+    mounted = tuple(
+        replace(f, source=channels_mod.account_path(folder, f.data or b"")) for f in placed.mounted
+    )
+    sources = {f.path: f.source for f in mounted}
+    files = replace(placed, mounted=mounted)
+    return replace(with_read_only_files(plan, sources, facts.engine.selinux), files=files)
 
 
 def with_read_only_files(plan: ContainerPlan, sources: Mapping[str, str], selinux: bool) -> ContainerPlan:

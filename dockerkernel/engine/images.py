@@ -24,27 +24,36 @@ PullEvents = Callable[[dict[str, Any]], None]
 
 
 def needs_pull(client: docker.DockerClient, image: str, pull_policy: str) -> bool:
-    """Whether ``image`` must be pulled before a start, as ``pull_policy`` says.
+    """Whether ``image`` must be pulled before a start, as ``pull_policy`` says (see pull_wanted)."""
+    return pull_policy == "always" or pull_wanted(image_present(client, image), image, pull_policy)
+
+
+def pull_wanted(present: bool, image: str, pull_policy: str) -> bool:
+    """Whether ``image``, ``present`` on the engine or not, must be pulled as ``pull_policy`` says.
 
     With pull_policy 'never', an image that is not present is an error.
     """
     if pull_policy == "always":
         return True
-    if image_present(client, image):
+    if present:
         return False
     if pull_policy == "never":
         raise DockerKernelError(errors.IMAGE_NOT_PRESENT.format(image=image))
     return True
 
 
-def image_present(client: docker.DockerClient, image: str) -> bool:
-    """Whether the daemon has ``image``."""
+def inspect_image(client: docker.DockerClient, image: str) -> dict[str, Any] | None:
+    """The engine's inspection of ``image``; None where it has no such image."""
     with daemon_errors():
         try:
-            client.images.get(image)
-            return True
+            return dict(client.api.inspect_image(image))
         except ImageNotFound:
-            return False
+            return None
+
+
+def image_present(client: docker.DockerClient, image: str) -> bool:
+    """Whether the daemon has ``image``."""
+    return inspect_image(client, image) is not None
 
 
 def pin_reference(client: docker.DockerClient, image: str) -> str:
@@ -60,11 +69,8 @@ def pin_reference(client: docker.DockerClient, image: str) -> str:
 
 def image_id(client: docker.DockerClient, image: str) -> str | None:
     """The id of the image that ``image`` names on the engine now; None where it has none."""
-    with daemon_errors():
-        try:
-            return str(client.api.inspect_image(image)["Id"])
-        except ImageNotFound:
-            return None
+    found = inspect_image(client, image)
+    return str(found["Id"]) if found is not None else None
 
 
 def pull_image(client: docker.DockerClient, image: str, on_event: PullEvents | None = None) -> None:
