@@ -369,19 +369,22 @@ def registry(
         log.close()
 
 
+def remove_images(client: docker.DockerClient, *names: str) -> None:
+    """Remove images that a test made, by name or id; those already gone are fine."""
+    for name in names:
+        try:
+            client.images.remove(name, force=True)
+        except docker.errors.ImageNotFound:
+            pass
+
+
 @pytest.fixture
 def pulled_image(registry: Registry, docker_client: docker.DockerClient) -> Iterator[str]:
     """The registry's image name, absent from the engine before the test and removed after it."""
 
-    def remove() -> None:
-        try:
-            docker_client.images.remove(registry.image)
-        except docker.errors.ImageNotFound:
-            pass
-
-    remove()
+    remove_images(docker_client, registry.image)
     yield registry.image
-    remove()
+    remove_images(docker_client, registry.image)
 
 
 @pytest.fixture(scope="session")

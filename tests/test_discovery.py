@@ -18,7 +18,7 @@ import pytest
 from dockerkernel import discovery, images, kernelspec
 from dockerkernel.discovery import LABEL_IMAGE_KERNEL, Found, Skipped, from_label, kernelspec_name
 
-from conftest import CliResult
+from conftest import CliResult, remove_images
 from waiting import wait_until
 
 REPOSITORY = "dktest-scan"
@@ -65,11 +65,7 @@ def labelled(docker_client: docker.DockerClient, test_images: dict[str, str]) ->
         return tag
 
     yield build
-    for tag in made:
-        try:
-            docker_client.images.remove(tag, force=True)
-        except docker.errors.ImageNotFound:
-            pass
+    remove_images(docker_client, *made)
 
 
 def spec_of(jupyter_dirs: Path, name: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import psutil
 import pytest
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 
-from conftest import WIDGETS
+from conftest import WIDGETS, remove_images
 
 pytestmark = pytest.mark.docker
 
@@ -77,6 +77,28 @@ async def run_cell(page: Page, index: int, code: str | None = None) -> None:
     await page.keyboard.press("Shift+Enter")
 
 
+async def open_notebook(
+    jupyter_server: Any,
+    browser: Browser,
+    path: Path,
+    cells: list[str],
+    kernel: tuple[str, str] | None = None,
+    height: int = 720,
+) -> tuple[Any, Page]:
+    """Write a notebook of code ``cells`` at ``path``, for ``kernel`` (name, display name) where given,
+    and open it in JupyterLab, served from its folder's parent; the server and the page."""
+    metadata = {}
+    if kernel is not None:
+        metadata["kernelspec"] = {"name": kernel[0], "display_name": kernel[1], "language": "python"}
+    notebook = nbformat.v4.new_notebook(metadata=metadata)
+    notebook.cells = [nbformat.v4.new_code_cell(code) for code in cells]
+    nbformat.write(notebook, path)
+    server = await jupyter_server(path.parent.parent, app="jupyterlab")
+    page = await browser.new_page(viewport={"width": 1280, "height": height})
+    await page.goto(server.lab_url(f"{path.parent.name}/{path.name}"))
+    return server, page
+
+
 @asynccontextmanager
 async def failure_shown(page: Page, server: Any) -> AsyncIterator[None]:
     """On a failure in its block: a screenshot of the page, and the server's log, then the failure."""
@@ -101,13 +123,8 @@ async def test_switch_kernels_and_interrupt_in_jupyterlab(
     browser: Browser,
     docker_client: docker.DockerClient,
 ) -> None:
-    notebook = nbformat.v4.new_notebook()  # no kernel recorded: JupyterLab asks for one
-    notebook.cells = [nbformat.v4.new_code_cell("")]
-    nbformat.write(notebook, notebook_dir / "switch.ipynb")
-    server = await jupyter_server(notebook_dir.parent, app="jupyterlab")
-
-    page = await browser.new_page(viewport={"width": 1280, "height": 720})
-    await page.goto(server.lab_url("project/switch.ipynb"))
+    # No kernel recorded: JupyterLab asks for one.
+    server, page = await open_notebook(jupyter_server, browser, notebook_dir / "switch.ipynb", [""])
     first_output = page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".jp-OutputArea-output")
     async with failure_shown(page, server):
         await pick_kernel(page, "Docker py2")
@@ -153,15 +170,8 @@ async def test_a_kernel_that_cannot_start_shows_why_in_the_notebook(
     image = "127.0.0.1:9/no/such-image:1"
     install = ("install", "--image", image, "--name", "missing", "--display-name", "Broken", "--no-pull")
     assert dockerkernel(*install).code == 0
-    notebook = nbformat.v4.new_notebook(
-        metadata={"kernelspec": {"name": "missing", "display_name": "missing", "language": "python"}}
-    )
-    notebook.cells = [nbformat.v4.new_code_cell("")]
-    nbformat.write(notebook, notebook_dir / "broken.ipynb")
-    server = await jupyter_server(notebook_dir.parent, app="jupyterlab")
-
-    page = await browser.new_page(viewport={"width": 1280, "height": 720})
-    await page.goto(server.lab_url("project/broken.ipynb"))
+    notebook = notebook_dir / "broken.ipynb"
+    server, page = await open_notebook(jupyter_server, browser, notebook, [""], ("missing", "missing"))
     async with failure_shown(page, server):
         await expect(status_bar(page, "Broken | Idle")).to_be_visible(timeout=KERNEL_START)
         await run_cell(page, 0, "print('hello')")
@@ -180,15 +190,14 @@ async def test_the_debugger_stops_at_a_breakpoint_shows_the_variables_and_steps_
 ) -> None:
     """JupyterLab's debugger, over the kernel's own control channel: its kernelspec says it can (the probe
     found ipykernel 7 and debugpy in the image)."""
-    notebook = nbformat.v4.new_notebook(
-        metadata={"kernelspec": {"name": kernels["py3"], "display_name": "Docker py3", "language": "python"}}
+    server, page = await open_notebook(
+        jupyter_server,
+        browser,
+        notebook_dir / "debug.ipynb",
+        ["x = 6 * 7\ny = x + 1\nprint('y is', y)"],
+        (kernels["py3"], "Docker py3"),
+        height=800,
     )
-    notebook.cells = [nbformat.v4.new_code_cell("x = 6 * 7\ny = x + 1\nprint('y is', y)")]
-    nbformat.write(notebook, notebook_dir / "debug.ipynb")
-    server = await jupyter_server(notebook_dir.parent, app="jupyterlab")
-
-    page = await browser.new_page(viewport={"width": 1280, "height": 800})
-    await page.goto(server.lab_url("project/debug.ipynb"))
     cell = page.locator(".jp-Notebook .jp-Cell").nth(0)
     variables = page.locator(".jp-DebuggerVariables-body:not(.lm-mod-hidden)")
     async with failure_shown(page, server):
@@ -232,18 +241,13 @@ async def test_a_widget_shows_and_its_value_reaches_the_kernel(
         "install", "--image", WIDGETS, "--name", name, "--display-name", "Docker widgets"
     )
     assert installed.code == 0, installed.err
-    notebook = nbformat.v4.new_notebook(
-        metadata={"kernelspec": {"name": name, "display_name": "Docker widgets", "language": "python"}}
-    )
     code = (
         "import ipywidgets as widgets\nslider = widgets.IntSlider(value=3, max=10, description='n')\nslider"
     )
-    notebook.cells = [nbformat.v4.new_code_cell(code), nbformat.v4.new_code_cell("")]
-    nbformat.write(notebook, notebook_dir / "widgets.ipynb")
-    server = await jupyter_server(notebook_dir.parent, app="jupyterlab")
-
-    page = await browser.new_page(viewport={"width": 1280, "height": 720})
-    await page.goto(server.lab_url("project/widgets.ipynb"))
+    notebook = notebook_dir / "widgets.ipynb"
+    server, page = await open_notebook(
+        jupyter_server, browser, notebook, [code, ""], (name, "Docker widgets")
+    )
     async with failure_shown(page, server):
         await expect(status_bar(page, "Docker widgets | Idle")).to_be_visible(timeout=KERNEL_START)
         await run_cell(page, 0)
@@ -317,7 +321,4 @@ async def test_a_labelled_image_appears_in_the_launcher_with_no_restart(
             await expect(card.first).to_be_visible(timeout=90_000)
             await screenshot(page, "lab-discovered-kernel.png")
     finally:
-        try:
-            docker_client.images.remove(image, force=True)
-        except docker.errors.ImageNotFound:
-            pass
+        remove_images(docker_client, image)

@@ -23,7 +23,7 @@ from docker.utils import parse_repository_tag
 
 from dockerkernel import kernelspec
 
-from conftest import BARE, Registry
+from conftest import BARE, Registry, remove_images
 from waiting import wait_until_sync
 
 DAEMON_JSON = Path("/etc/docker/daemon.json")
@@ -97,8 +97,7 @@ async def test_the_python3_preset_is_a_slim_image_with_ipykernel_added(
         assert "error" not in event, event
     made = [served, image]
     try:
-        for name in made:
-            _remove(docker_client, name)
+        remove_images(docker_client, *made)
         result = dockerkernel("install", "python3")
         assert result.code == 0, result.err
         assert f"Pulled {image}" in result.err
@@ -111,12 +110,4 @@ async def test_the_python3_preset_is_a_slim_image_with_ipykernel_added(
         assert (await kernel.execute("print(1 + 1)")).stdout == "2\n"
         await kernel.shutdown()
     finally:
-        for name in made:
-            _remove(docker_client, name)
-
-
-def _remove(client: docker.DockerClient, name: str) -> None:
-    try:
-        client.images.remove(name, force=True)
-    except docker.errors.ImageNotFound:
-        pass
+        remove_images(docker_client, *made)

@@ -21,6 +21,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from dockerkernel import compare, errors
 from dockerkernel.labels import LABEL_KERNELSPEC
 
+from conftest import remove_images
 from waiting import wait_until_sync
 
 pytestmark = pytest.mark.docker
@@ -355,11 +356,7 @@ def test_a_pinned_kernel_starts_its_image_after_the_tag_moves(
         assert result.code == 1
         assert errors.PINNED_IMAGE_GONE.format(kernel="pinned", image=built[1]) in result.out
     finally:
-        for image in built:
-            try:
-                docker_client.images.remove(image, force=True)
-            except docker.errors.ImageNotFound:
-                pass
+        remove_images(docker_client, *built)
 
 
 def test_a_pinned_digest_is_pulled_by_its_digest(
@@ -385,10 +382,7 @@ def test_a_pinned_digest_is_pulled_by_its_digest(
         record = nbformat.read(tmp_path / "out" / "pull.by-digest.ipynb", as_version=4).metadata.dockerkernel
         assert (record["image_run"], record["repo_digest"]) == (digest, digest)
     finally:
-        try:
-            docker_client.images.remove(digest, force=True)
-        except docker.errors.ImageNotFound:
-            pass
+        remove_images(docker_client, digest)
 
 
 def test_a_recorded_digest_that_the_registry_does_not_have_is_one_sentence(
